@@ -1,0 +1,118 @@
+// The name service (the paper's portmapper role): which servers live on this host, and
+// where the ones that moved away went. Pure bookkeeping; daemon.ts does the I/O and logs.
+import { RpcmigError } from '../runtime/errors.js';
+import { formatAddress, parseAddress } from '../runtime/daemonlink.js';
+
+/** `migrating` and `moved` are entered by the migration protocol (issue 4). */
+export type ServerState = 'serving' | 'migrating' | 'moved';
+
+/** What a server tells its daemon when it registers. */
+export interface Registration {
+  name: string;
+  pid: number;
+  /** `host:port` the server listens on. */
+  address: string;
+  /** The program's entry file and arguments, and its project root: what a migration ships. */
+  entry: string;
+  argv: string[];
+  root: string;
+}
+
+export interface Server extends Registration {
+  state: ServerState;
+  /** The connection that registered it: the server's control connection. */
+  owner: object;
+}
+
+export interface Forward {
+  name: string;
+  to: string;
+}
+
+export interface Listing {
+  servers: Array<{ name: string; pid: number; address: string; state: ServerState }>;
+  forwards: Forward[];
+}
+
+/** Names are used as file names in the spool later, so they stay plain. */
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+function badRequest(message: string): RpcmigError {
+  return new RpcmigError('BAD_REQUEST', message);
+}
+
+export function checkName(value: unknown): string {
+  if (typeof value !== 'string' || !NAME.test(value)) {
+    throw badRequest(`a server name is 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit; got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+/** Validates the parameter of `register`; every field is required. */
+export function checkRegistration(value: unknown): Registration {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+    throw badRequest('register takes one map: { name, pid, address, entry, argv, root }');
+  }
+  const { name, pid, address, entry, argv, root } = value as Record<string, unknown>;
+  if (!Number.isSafeInteger(pid) || (pid as number) <= 0) throw badRequest(`pid must be a positive integer; got ${JSON.stringify(pid)}`);
+  if (typeof address !== 'string') throw badRequest('address must be a "host:port" string');
+  let where;
+  try {
+    where = parseAddress(address, 0);
+  } catch (error) {
+    throw badRequest((error as Error).message);
+  }
+  if (where.port === 0) throw badRequest(`address ${address} names no port`);
+  if (typeof entry !== 'string' || typeof root !== 'string') throw badRequest('entry and root must be strings');
+  if (!Array.isArray(argv) || !argv.every((arg) => typeof arg === 'string')) throw badRequest('argv must be an array of strings');
+  return { name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root };
+}
+
+export class Names {
+  private readonly servers = new Map<string, Server>();
+
+  /** `where` names this daemon in error messages. */
+  constructor(private readonly where: string) {}
+
+  /** Refuses a name held by another server that is still alive. */
+  register(registration: Registration, owner: object, isAlive: (server: Server) => boolean): Server {
+    const held = this.servers.get(registration.name);
+    if (held && held.owner !== owner && isAlive(held)) {
+      throw new RpcmigError(
+        'NAME_TAKEN',
+        `a server named ${JSON.stringify(held.name)} is already registered on the daemon at ${this.where} (pid ${held.pid} at ${held.address})`,
+        { pid: held.pid, address: held.address },
+      );
+    }
+    const server: Server = { ...registration, state: 'serving', owner };
+    this.servers.set(server.name, server);
+    return server;
+  }
+
+  /** Removes the server if it is still the one registered under its name. */
+  unregister(server: Server): boolean {
+    if (this.servers.get(server.name) !== server) return false;
+    this.servers.delete(server.name);
+    return true;
+  }
+
+  lookup(name: string): Server {
+    const server = this.servers.get(name);
+    if (!server) throw new RpcmigError('NO_SUCH_SERVER', `no server named ${JSON.stringify(name)} on the daemon at ${this.where}`);
+    return server;
+  }
+
+  ownedBy(owner: object): Server[] {
+    return [...this.servers.values()].filter((server) => server.owner === owner);
+  }
+
+  all(): Server[] {
+    return [...this.servers.values()];
+  }
+
+  /** Forwarding entries are recorded by the migration protocol (issue 4); none exist yet. */
+  list(show: (server: Server) => string): Listing {
+    const servers = this.all().map((server) => ({ name: server.name, pid: server.pid, address: show(server), state: server.state }));
+    return { servers, forwards: [] };
+  }
+}

@@ -1,0 +1,223 @@
+// The MessagePack-RPC server behind `serve()`: many connections, many calls in flight on
+// each, replies sent as calls finish. Bad input is answered BAD_REQUEST where the msgid can be
+// read and closes that one connection where it cannot; nothing a peer sends stops the server.
+import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import { RpcmigError, type WireError } from './errors.js';
+import { formatAddress } from './daemonlink.js';
+import { register, type Registration } from './register.js';
+import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
+
+export interface ServeOptions {
+  /** Interface to listen on; default 127.0.0.1. */
+  host?: string;
+  /** Port to listen on; default 0 (any free port). */
+  port?: number;
+  /** Largest message a peer may send; a larger one closes its connection. Default 64 MiB. */
+  maxFrame?: number;
+  /** The local daemon, "host[:port]"; default `RPCMIG_DAEMON` or 127.0.0.1:4111. `false`: serve alone, silently. */
+  daemon?: string | false;
+  /** The cluster key file; default `RPCMIG_KEY_FILE`. */
+  keyFile?: string;
+}
+
+export interface Server {
+  readonly name: string;
+  /** Where clients reach it, "host:port". */
+  readonly address: string;
+  /** Stops reading new calls, waits for the calls executing to reply, then closes. */
+  close(): Promise<void>;
+}
+
+/** The built-in procedure answering the server's current address (the paper's step (b)). */
+export const WHEREIS = 'rpcmig.whereis';
+
+type Procedure = (...params: unknown[]) => unknown;
+
+/** How long close() waits for peers to hang up after their last reply, before cutting them. */
+const LINGER_MS = 1000;
+
+/** One peer: its decoder feeds `dispatch`, its replies leave through `outbox`. */
+class Connection {
+  readonly outbox: Outbox;
+  readonly peer: string;
+  complained = false;
+
+  constructor(readonly socket: Socket) {
+    this.outbox = new Outbox(socket);
+    this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+  }
+}
+
+class RpcServer implements Server {
+  address = '';
+  private readonly connections = new Set<Connection>();
+  private readonly procedures: Map<string, Procedure>;
+  private executing = 0;
+  private idle: (() => void) | undefined;
+  private closing: Promise<void> | undefined;
+  registration: Registration | undefined;
+
+  constructor(
+    readonly name: string,
+    private readonly target: object,
+    private readonly net: NetServer,
+    private readonly maxFrame: number,
+  ) {
+    this.procedures = procedureTable(target);
+    this.procedures.set(WHEREIS, () => this.address);
+    net.on('connection', (socket) => this.accept(socket));
+  }
+
+  private accept(socket: Socket): void {
+    if (this.closing) return void socket.destroy();
+    socket.setNoDelay(true);
+    const connection = new Connection(socket);
+    this.connections.add(connection);
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => this.connections.delete(connection));
+    socket.on('drain', () => this.closing || socket.resume());
+    readMessages(socket, {
+      onValue: (value) => this.dispatch(connection, value),
+      onFatal: (error) => this.refuse(connection, error.message),
+    }, this.maxFrame);
+  }
+
+  private dispatch(connection: Connection, value: unknown): void {
+    if (connection.socket.destroyed) return; // refused earlier in the same chunk
+    const message = validate(value);
+    if (!Array.isArray(message)) {
+      if (message.msgid === undefined) return this.refuse(connection, message.bad);
+      return this.badRequest(connection, message.msgid, message.bad);
+    }
+    if (message[0] === REQUEST) return this.execute(connection, message[1], message[2], message[3]);
+    if (message[0] === NOTIFICATION) return this.execute(connection, -1, message[1], message[2]);
+    this.badRequest(connection, message[1], 'a server takes requests and notifications, not responses');
+  }
+
+  /** Runs one call; `msgid` -1 marks a notification, which gets no reply. */
+  private execute(connection: Connection, msgid: number, method: string, params: unknown[]): void {
+    const procedure = this.procedures.get(method);
+    if (procedure === undefined) {
+      const error = { code: 'NO_SUCH_METHOD', message: `${this.name} has no procedure ${JSON.stringify(method)}` };
+      return this.answer(connection, msgid, error, null);
+    }
+    let result: unknown;
+    let later: boolean;
+    try {
+      result = procedure.apply(this.target, params);
+      later = isThenable(result);
+    } catch (thrown) {
+      return this.answer(connection, msgid, appError(thrown), null);
+    }
+    if (!later) return this.answer(connection, msgid, null, result);
+    this.executing++;
+    // Promise.resolve: a foreign thenable whose `then` throws becomes a rejection, not a crash.
+    Promise.resolve(result).then(
+      (value) => this.finish(connection, msgid, null, value),
+      (thrown: unknown) => this.finish(connection, msgid, appError(thrown), null),
+    );
+  }
+
+  private finish(connection: Connection, msgid: number, error: WireError | null, result: unknown): void {
+    this.answer(connection, msgid, error, result);
+    if (--this.executing === 0 && this.idle) this.idle();
+  }
+
+  private answer(connection: Connection, msgid: number, error: WireError | null, result: unknown): void {
+    if (msgid < 0) {
+      if (error) this.complain(connection, `notification failed: ${error.code} ${error.message}`);
+      return;
+    }
+    if (connection.socket.destroyed) return;
+    try {
+      connection.outbox.send([RESPONSE, msgid, error, result]);
+    } catch (thrown) {
+      const message = `the result cannot be encoded: ${thrown instanceof Error ? thrown.message : String(thrown)}`;
+      connection.outbox.send([RESPONSE, msgid, { code: 'APP_ERROR', message }, null]);
+    }
+    if (connection.socket.writableLength > this.maxFrame) connection.socket.pause();
+  }
+
+  private badRequest(connection: Connection, msgid: number, reason: string): void {
+    this.complain(connection, `bad request (${reason}); answered BAD_REQUEST`);
+    this.answer(connection, msgid, { code: 'BAD_REQUEST', message: reason }, null);
+  }
+
+  /** Input that cannot be answered: log it and hang up on that peer alone. */
+  private refuse(connection: Connection, reason: string): void {
+    this.complain(connection, `unreadable input (${reason}); connection closed`);
+    connection.outbox.flush();
+    connection.socket.destroy();
+  }
+
+  /** One log line per misbehaving connection, however much it sends. */
+  private complain(connection: Connection, text: string): void {
+    if (connection.complained) return;
+    connection.complained = true;
+    process.stderr.write(`rpcmig: ${this.name}: ${connection.peer}: ${text}\n`);
+  }
+
+  close(): Promise<void> {
+    this.closing ??= this.drainAndStop();
+    return this.closing;
+  }
+
+  private async drainAndStop(): Promise<void> {
+    const stopped = new Promise<void>((resolve) => this.net.close(() => resolve()));
+    for (const { socket } of this.connections) socket.pause();
+    if (this.executing > 0) await new Promise<void>((resolve) => (this.idle = resolve));
+    for (const { outbox, socket } of this.connections) {
+      outbox.flush();
+      socket.end();
+    }
+    const cut = setTimeout(() => this.connections.forEach(({ socket }) => socket.destroy()), LINGER_MS);
+    await stopped;
+    clearTimeout(cut);
+    this.registration?.close();
+  }
+}
+
+/** Own enumerable function properties only: never `constructor`, `__proto__`, `toString`. */
+function procedureTable(target: object): Map<string, Procedure> {
+  const table = new Map<string, Procedure>();
+  for (const [name, value] of Object.entries(target)) {
+    if (typeof value === 'function') table.set(name, value as Procedure);
+  }
+  return table;
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof value === 'object' && value !== null && typeof (value as PromiseLike<unknown>).then === 'function';
+}
+
+function appError(thrown: unknown): WireError {
+  const message = thrown instanceof Error ? thrown.message : String(thrown);
+  return new RpcmigError('APP_ERROR', message).toWire();
+}
+
+function listen(net: NetServer, host: string, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    net.once('error', reject);
+    net.listen(port, host, () => {
+      net.off('error', reject);
+      resolve();
+    });
+  });
+}
+
+/**
+ * Serves `procedures` (its own enumerable functions) under `name`, and registers with the
+ * local daemon when one answers. Resolves once listening and registered (or known alone).
+ */
+export async function serve<T extends object>(name: string, procedures: T, options: ServeOptions = {}): Promise<Server> {
+  const host = options.host ?? '127.0.0.1';
+  const net = createServer({ noDelay: true });
+  const server = new RpcServer(name, procedures, net, options.maxFrame ?? DEFAULT_MAX_FRAME);
+  await listen(net, host, options.port ?? 0);
+  const bound = net.address() as AddressInfo;
+  server.address = formatAddress({ host, port: bound.port });
+  net.on('error', (error) => process.stderr.write(`rpcmig: ${name}: ${error.message}\n`));
+  const daemon = options.daemon ?? process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111';
+  if (daemon !== false) server.registration = await register(name, server.address, daemon, options.keyFile);
+  return server;
+}

@@ -1,0 +1,149 @@
+// The registry of @migrate variables in this process: the calls the transformer emits
+// (program, restore, register, registerClass), the snapshot (captureState), and the restore
+// a process started with RPCMIG_RESTORE=<file> performs while its modules initialise.
+import { readFileSync } from 'node:fs';
+import { decodeGraph, encodeGraph } from './codec.js';
+import { decodeStateFile, encodeStateFile, type Fingerprints } from './statefile.js';
+
+export const RESTORE_ENV = 'RPCMIG_RESTORE';
+
+/** Every @migrate variable of the compiled program: key -> schema fingerprint. */
+export type Manifest = Readonly<Record<string, string>>;
+
+/** A class the runtime may restore instances of; its constructor is never called. */
+export type MigratableClass = abstract new (...args: never[]) => unknown;
+
+/** What an annotated module talks to; one per process. */
+export interface ProgramState {
+  /** The saved value of `key` when restoring and the file has it, else `initial`. */
+  restore<T>(key: string, initial: T): T;
+  /** How to read the variable's current value at snapshot time. */
+  register(key: string, get: () => unknown): void;
+  /** Instances saved with this class key are restored with `ctor.prototype`. */
+  registerClass(key: string, ctor: MigratableClass): void;
+}
+
+let manifest: Manifest | undefined;
+let state: ProgramState | undefined;
+/** Values read from the restore file, handed out (and dropped) by restore(). */
+let restored: Map<string, unknown> | undefined;
+const getters = new Map<string, () => unknown>();
+const classes = new Map<string, MigratableClass>();
+const classKeys = new Map<object, string>();
+/** Decoded instances whose class registers later in module order. */
+const waiting = new Map<string, object[]>();
+
+/**
+ * Called by every annotated module with the same manifest. The first call restores (when
+ * RPCMIG_RESTORE is set): it verifies and decodes the whole file before any variable is
+ * restored, and throws, restoring nothing, if the file does not fit this build.
+ */
+export function program(current: Manifest): ProgramState {
+  if (state) {
+    if (current !== manifest) assertSameBuild(manifest!, current);
+    return state;
+  }
+  manifest = current;
+  const path = process.env[RESTORE_ENV];
+  if (path) {
+    try {
+      restored = decodeState(readFileSync(path), current);
+    } catch (error) {
+      throw new Error(`rpcmig: cannot restore from ${path}: ${(error as Error).message}`);
+    }
+  }
+  state = { restore, register, registerClass };
+  return state;
+}
+
+/** The state-file bytes of this process: every registered variable, as it is now. */
+export function captureState(): Buffer {
+  const values: Record<string, unknown> = {};
+  const fingerprints: Fingerprints = new Map();
+  for (const [key, get] of getters) {
+    values[key] = get();
+    fingerprints.set(key, manifest![key]);
+  }
+  return encodeState(values, fingerprints);
+}
+
+/** Frames variables (key -> value) and their fingerprints as a state file. */
+export function encodeState(values: Record<string, unknown>, fingerprints: Fingerprints): Buffer {
+  return encodeStateFile(fingerprints, encodeGraph(values, (proto) => classKeys.get(proto)));
+}
+
+/**
+ * Verifies a state file against a build's manifest and decodes it: key -> value. Throws one
+ * Error listing every problem; class instances get their prototype from registered classes.
+ */
+export function decodeState(file: Uint8Array, build: Manifest): Map<string, unknown> {
+  const { fingerprints, body } = decodeStateFile(file);
+  const problems = incompatibilities(fingerprints, build);
+  if (problems.length > 0) throw new Error(problems.join('; '));
+  const values = decodeGraph(body, adopt) as Record<string, unknown>;
+  return new Map(Object.entries(values));
+}
+
+function incompatibilities(saved: Fingerprints, build: Manifest): string[] {
+  const changed: string[] = [];
+  const missing: string[] = [];
+  for (const [key, fingerprint] of saved) {
+    if (!Object.hasOwn(build, key)) missing.push(key);
+    else if (build[key] !== fingerprint) changed.push(key);
+  }
+  const problems: string[] = [];
+  if (changed.length > 0) problems.push(`changed: ${changed.join(', ')}`);
+  if (missing.length > 0) problems.push(`missing from this build: ${missing.join(', ')}`);
+  return problems;
+}
+
+function assertSameBuild(first: Manifest, current: Manifest): void {
+  const keys = Object.keys(current);
+  if (keys.length === Object.keys(first).length && keys.every((key) => first[key] === current[key])) return;
+  throw new Error('rpcmig: modules of two different builds are loaded together; rebuild them as one program');
+}
+
+function restore<T>(key: string, initial: T): T {
+  if (!restored) return initial;
+  if (restored.has(key)) {
+    const value = restored.get(key) as T;
+    restored.delete(key);
+    return value;
+  }
+  process.stderr.write(`rpcmig: ${key} is new in this build; it starts from its initialiser\n`);
+  return initial;
+}
+
+function register(key: string, get: () => unknown): void {
+  if (!Object.hasOwn(manifest!, key)) throw new Error(`rpcmig: ${key} is not in this build's manifest`);
+  getters.set(key, get);
+}
+
+function registerClass(key: string, ctor: MigratableClass): void {
+  classes.set(key, ctor);
+  classKeys.set(ctor.prototype as object, key);
+  for (const instance of waiting.get(key) ?? []) Object.setPrototypeOf(instance, ctor.prototype);
+  waiting.delete(key);
+}
+
+/**
+ * Gives a decoded instance its prototype. A class declared below the variable that holds its
+ * instances registers after that variable is restored, so such instances wait for it; any
+ * still waiting once module initialisation is over name a class this build does not have.
+ */
+function adopt(instance: object, classKey: string | null): void {
+  const ctor = classKey === null ? undefined : classes.get(classKey);
+  if (classKey === null || ctor) {
+    Object.setPrototypeOf(instance, ctor ? ctor.prototype : null);
+    return;
+  }
+  if (waiting.size === 0) setImmediate(assertClassesArrived);
+  const list = waiting.get(classKey);
+  if (list) list.push(instance);
+  else waiting.set(classKey, [instance]);
+}
+
+function assertClassesArrived(): void {
+  if (waiting.size === 0) return;
+  throw new Error(`rpcmig: the state file has instances of classes this build does not register: ${[...waiting.keys()].join(', ')}`);
+}
