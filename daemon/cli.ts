@@ -10,7 +10,7 @@ import { connect, invoke } from '../runtime/client.js';
 import { DEFAULT_DAEMON_PORT, formatAddress, loadKey, openDaemon, parseAddress, type Address, type DaemonLink } from '../runtime/daemonlink.js';
 import { RpcmigError, type ErrorCode } from '../runtime/errors.js';
 import { startDaemon } from './daemon.js';
-import { checkListing, JSON_RULE, listingTable, toJson } from './output.js';
+import { breakdownTable, checkBreakdown, checkListing, JSON_RULE, listingTable, toJson } from './output.js';
 import { EXIT, USAGE } from './usage.js';
 
 type Values = Record<string, string | boolean | undefined>;
@@ -34,6 +34,7 @@ const COMMANDS: Record<string, Command> = {
   keygen: { options: { force: { type: 'boolean' } }, run: runKeygen },
   ls: { options: DAEMON, run: runLs },
   call: { options: DAEMON, run: runCall },
+  migrate: { options: { to: { type: 'string' }, grace: { type: 'string' }, ...DAEMON }, run: runMigrate },
 };
 
 /** Exit codes of RpcmigError codes; any other code means the request failed otherwise. */
@@ -43,6 +44,7 @@ const EXIT_BY_CODE: Partial<Record<ErrorCode, number>> = {
   NO_SUCH_SERVER: EXIT.noServer,
   NO_SUCH_METHOD: EXIT.noMethod,
   APP_ERROR: EXIT.appError,
+  MIGRATION_FAILED: EXIT.migrationFailed,
 };
 
 /** `source` names where the text came from (a flag or a variable) in the usage error. */
@@ -82,13 +84,14 @@ async function runDaemon(values: Values, positionals: string[]): Promise<number>
     maxFrame: envNumber('RPCMIG_MAX_FRAME'),
     pidCheckInterval: envNumber('RPCMIG_PID_CHECK_MS'),
   };
-  const key = loadKey(values['key-file'] as string | undefined);
+  const keyFile = (values['key-file'] as string | undefined) ?? process.env.RPCMIG_KEY_FILE;
+  const key = loadKey(keyFile);
   // Listened for before the listening line goes out, so that whoever reads it may stop us.
   const stopSignal = new Promise<string>((done) => {
     process.once('SIGINT', () => done('SIGINT'));
     process.once('SIGTERM', () => done('SIGTERM'));
   });
-  const daemon = await startDaemon({ ...options, key }).catch((error: NodeJS.ErrnoException) => {
+  const daemon = await startDaemon({ ...options, key, keyFile: keyFile && resolve(keyFile) }).catch((error: NodeJS.ErrnoException) => {
     const why = error.code === 'EADDRINUSE' ? 'the address is in use' : error.message;
     throw new Error(error.syscall === 'listen' ? `cannot listen on ${formatAddress(listen)}: ${why}` : why);
   });
@@ -159,6 +162,18 @@ async function runCall(values: Values, positionals: string[]): Promise<number> {
   } finally {
     await client.close();
   }
+  return EXIT.ok;
+}
+
+async function runMigrate(values: Values, positionals: string[]): Promise<number> {
+  if (positionals.length !== 1) throw new UsageError('migrate takes one NAME');
+  if (values.to === undefined) throw new UsageError('migrate needs --to HOST[:PORT], the destination daemon');
+  const to = formatAddress(address(values.to as string, '--to'));
+  const grace = values.grace === undefined ? 60 : Number(values.grace);
+  if (!Number.isFinite(grace) || grace < 0) throw new UsageError(`--grace takes seconds >= 0; got ${JSON.stringify(values.grace)}`);
+  const request = { name: positionals[0], to, graceMs: Math.round(grace * 1000) };
+  const breakdown = checkBreakdown(await withDaemon(values, (link) => link.call('migrate', [request])));
+  process.stdout.write(values.json ? JSON.stringify(breakdown) + '\n' : breakdownTable(positionals[0], breakdown));
   return EXIT.ok;
 }
 

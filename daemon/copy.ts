@@ -1,7 +1,7 @@
 // Moving blobs between daemons (DESIGN §3 step 2): the source reads files in pieces and hands
 // them to a `send` function (the coordinator's RPC call); the destination's receiver writes
 // them into its blob store. Both ends keep memory bounded and overlap the fsyncs of blobs.
-import { open } from 'node:fs/promises';
+import { open, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BlobStore, BlobWriter, refuseBlob } from './blobs.js';
 import { isFileEntry, type Manifest } from './validate.js';
@@ -125,6 +125,22 @@ export async function sendBlobs(root: string, manifest: Manifest, lacking: reado
   }
   await window.drain();
   return sent;
+}
+
+/**
+ * Sends one file (a state file) in pieces through `send`, `window` of them unanswered at a
+ * time; returns the bytes sent. The last piece is marked final.
+ */
+export async function sendFile(path: string, send: (offset: number, bytes: Buffer, final: boolean) => Promise<unknown>, options: SendOptions = {}): Promise<number> {
+  const { size } = await stat(path);
+  const window = new Window(options.window ?? DEFAULT_WINDOW);
+  let offset = 0;
+  for await (const piece of chunkFile(path, options.chunkSize)) {
+    await window.add(send(offset, piece, offset + piece.length >= size));
+    offset += piece.length;
+  }
+  await window.drain();
+  return offset;
 }
 
 /** At most `size` promises outstanding; the first failure is thrown once all have settled. */

@@ -1,13 +1,21 @@
 // The daemon (the paper's MD): listens on its well-known port, authenticates every
 // connection before reading anything else, and dispatches MessagePack-RPC requests through
-// one method table. A server's registering connection is its control connection.
-import { mkdirSync, statSync } from 'node:fs';
+// one method table: the name service, and both halves of a migration (migrate.ts at the
+// source, arrive.ts at the destination). A server's registering connection is its control
+// connection: orders come back to it as notifications.
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { RpcmigError, type WireError } from '../runtime/errors.js';
-import { formatAddress, parseAddress, type Address } from '../runtime/daemonlink.js';
+import { formatAddress, openDaemon, parseAddress, within, type Address } from '../runtime/daemonlink.js';
 import { answerHandshake, DEFAULT_HANDSHAKE_TIMEOUT, REFUSALS } from '../runtime/handshake.js';
-import { DEFAULT_MAX_FRAME, encode, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
+import { DEFAULT_MAX_FRAME, encode, NOTIFICATION, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
+import { Arrivals } from './arrive.js';
+import { Forwards } from './forwards.js';
+import { Coordinator } from './migrate.js';
 import { checkName, checkRegistration, Names, type Listing, type Server } from './names.js';
+import { BlobStore } from './transfer.js';
 
 export interface DaemonOptions {
   /** Port 0 picks a free port; `Daemon.address` tells which. */
@@ -17,6 +25,8 @@ export interface DaemonOptions {
   /** The spool: created mode 0700 if missing, refused if group or others can access it. */
   dir: string;
   key: Buffer;
+  /** The key's file, handed to the servers this daemon starts; written into the spool if absent. */
+  keyFile?: string;
   /** Milliseconds a connection has to complete the handshake. */
   handshakeTimeout?: number;
   /** Largest MessagePack-RPC message after authentication. */
@@ -62,8 +72,20 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const bound = server.address();
   const address = typeof bound === 'object' && bound ? { host: bound.address, port: bound.port } : options.listen;
-  return new NameDaemon(server, address, options);
+  return new NameDaemon(server, address, options, await BlobStore.open(options.dir));
 }
+
+/** The key file for started servers: the daemon's own, or a copy in the spool. */
+function keyFileFor(options: DaemonOptions): string {
+  if (options.keyFile) return options.keyFile;
+  const file = join(options.dir, 'cluster.key');
+  writeFileSync(file, options.key.toString('hex') + '\n', { mode: 0o600 });
+  return file;
+}
+
+/** How many daemons a lookup may follow forwarding entries through. */
+const MAX_HOPS = 8;
+const MIN_GRACE_MS = 0;
 
 function isAlive(server: Server): boolean {
   try {
@@ -78,18 +100,47 @@ const WILDCARDS = new Set(['0.0.0.0', '::', '']);
 
 class NameDaemon implements Daemon {
   readonly advertised: string;
+  private readonly id = randomBytes(8).toString('hex');
   private readonly names: Names;
+  private readonly forwards: Forwards;
+  private readonly coordinator: Coordinator;
+  private readonly arrivals: Arrivals;
   private readonly sockets = new Set<Socket>();
   private readonly sweeper: NodeJS.Timeout;
   private readonly methods: Record<string, Method> = {
+    hello: () => ({ id: this.id, address: this.advertised }),
     register: (peer, [registration]) => this.register(peer, registration),
-    lookup: (_peer, [name]) => this.lookup(name),
-    ls: (): Listing => this.names.list((server) => this.reachable(server.address)),
+    lookup: (_peer, [name, hops]) => this.lookup(checkName(name), Number(hops) || 0),
+    ls: (): Listing => this.names.list((server) => this.reachable(server.address), this.forwards.list()),
+    // the source's half of a migration: the CLI's order, then the signalled server's calls
+    migrate: (_peer, [request]) => this.coordinator.migrate(checkMigrate(request)),
+    order: (peer) => this.coordinator.orderFor(this.names.ownedBy(peer)[0]),
+    snapshot: (peer, [report]) => this.coordinator.snapshotted(this.names.ownedBy(peer)[0], report),
+    // the destination's half, called by the source daemon
+    prepare: (peer, [shipment]) => this.arrivals.prepare(peer, shipment),
+    blob: (_peer, params) => this.arrivals.blob(params),
+    state: (_peer, params) => this.arrivals.state(params),
+    start: (_peer, [id]) => this.arrivals.start(id),
+    commit: (_peer, [id]) => this.arrivals.commit(id),
+    abort: (_peer, [id, reason]) => this.arrivals.abort(id, String(reason)),
   };
 
-  constructor(private readonly server: NetServer, readonly address: Address, private readonly options: DaemonOptions) {
+  constructor(private readonly server: NetServer, readonly address: Address, private readonly options: DaemonOptions, store: BlobStore) {
     this.advertised = formatAddress(options.advertise ?? address);
     this.names = new Names(this.advertised);
+    this.forwards = new Forwards(options.dir, options.log);
+    const log = options.log;
+    this.coordinator = new Coordinator({
+      key: options.key, spool: options.dir, advertised: this.advertised, daemonId: this.id,
+      names: this.names, forwards: this.forwards, log,
+      notify: (server, method, params) => this.notify(server, method, params),
+    });
+    const host = parseAddress(this.advertised).host;
+    this.arrivals = new Arrivals({
+      spool: options.dir, store, log,
+      serverEnv: { RPCMIG_DAEMON: this.advertised, RPCMIG_KEY_FILE: keyFileFor(options), RPCMIG_HOST: host },
+      serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
+    });
     this.sweeper = setInterval(() => this.sweep(), options.pidCheckInterval ?? 1000).unref();
     server.on('connection', (socket) => void this.accept(socket));
   }
@@ -163,12 +214,37 @@ class NameDaemon implements Daemon {
       throw error;
     }
     this.options.log(`register ${server.name} pid ${server.pid} at ${server.address}`);
-    return { name: server.name, address: this.reachable(server.address) };
+    this.forwards.delete(server.name);
+    const address = this.reachable(server.address);
+    this.arrivals.registered(server, address);
+    return { name: server.name, address };
   }
 
-  private lookup(value: unknown): { name: string; address: string } {
-    const server = this.names.lookup(checkName(value));
-    return { name: server.name, address: this.reachable(server.address) };
+  /**
+   * Where `name` is served: here, or — following the forwarding entry of a server that moved
+   * away — wherever the daemon it moved to says, at most MAX_HOPS daemons on.
+   */
+  private async lookup(name: string, hops: number): Promise<{ name: string; address: string }> {
+    const server = this.names.all().find((s) => s.name === name && s.state !== 'moved');
+    if (server) return { name, address: this.reachable(server.address) };
+    const forward = this.forwards.get(name);
+    if (!forward) return { name, address: this.reachable(this.names.lookup(name).address) };
+    if (hops + 1 >= MAX_HOPS) return { name, address: forward.to };
+    try {
+      const link = await openDaemon(forward.daemon, this.options.key, { timeout: 2000 });
+      try {
+        return (await within(2000, link.call('lookup', [name, hops + 1]))) as { name: string; address: string };
+      } finally {
+        link.close();
+      }
+    } catch {
+      return { name, address: forward.to };
+    }
+  }
+
+  private notify(server: Server, method: string, params: unknown[]): void {
+    const { socket } = server.owner as Peer;
+    if (socket.writable) socket.write(encode([NOTIFICATION, method, params]));
   }
 
   /** A server listening on every interface is reached through the daemon's advertised host. */
@@ -180,7 +256,11 @@ class NameDaemon implements Daemon {
 
   private disconnected(peer: Peer): void {
     this.sockets.delete(peer.socket);
-    for (const server of this.names.ownedBy(peer)) this.unregister(server, 'control connection closed');
+    this.arrivals.peerClosed(peer);
+    for (const server of this.names.ownedBy(peer)) {
+      this.coordinator.serverGone(server);
+      this.unregister(server, 'control connection closed');
+    }
   }
 
   private sweep(): void {
@@ -192,4 +272,18 @@ class NameDaemon implements Daemon {
   private unregister(server: Server, why: string): void {
     if (this.names.unregister(server)) this.options.log(`unregister ${server.name} pid ${server.pid} (${why})`);
   }
+}
+
+function checkMigrate(value: unknown): { name: string; to: string; graceMs: number } {
+  const { name, to, graceMs } = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
+  if (typeof to !== 'string') throw new RpcmigError('BAD_REQUEST', 'migrate needs { name, to: "host:port", graceMs }');
+  let where: Address;
+  try {
+    where = parseAddress(to);
+  } catch (error) {
+    throw new RpcmigError('BAD_REQUEST', (error as Error).message);
+  }
+  const grace = graceMs === undefined ? 60_000 : Number(graceMs);
+  if (!Number.isFinite(grace) || grace < MIN_GRACE_MS) throw new RpcmigError('BAD_REQUEST', 'graceMs must be a number of milliseconds >= 0');
+  return { name: checkName(name), to: formatAddress(where), graceMs: grace };
 }

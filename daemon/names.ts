@@ -1,9 +1,10 @@
 // The name service (the paper's portmapper role): which servers live on this host, and
-// where the ones that moved away went. Pure bookkeeping; daemon.ts does the I/O and logs.
+// where the ones that moved away went. Bookkeeping only; daemon.ts does the network I/O and
+// logs, forwards.ts keeps the forwarding entries on disk.
 import { RpcmigError } from '../runtime/errors.js';
 import { formatAddress, parseAddress } from '../runtime/daemonlink.js';
 
-/** `migrating` and `moved` are entered by the migration protocol (issue 4). */
+/** `migrating` from the signal to commit or abort; `moved` during the grace period after. */
 export type ServerState = 'serving' | 'migrating' | 'moved';
 
 /** What a server tells its daemon when it registers. */
@@ -16,6 +17,9 @@ export interface Registration {
   entry: string;
   argv: string[];
   root: string;
+  /** The working directory and Node options it was started with; a moved server gets the same. */
+  cwd?: string;
+  execArgv?: string[];
 }
 
 export interface Server extends Registration {
@@ -26,12 +30,15 @@ export interface Server extends Registration {
 
 export interface Forward {
   name: string;
+  /** The server's address after the move, `host:port`. */
   to: string;
+  /** The daemon it moved to, asked when the server has moved on again. */
+  daemon: string;
 }
 
 export interface Listing {
   servers: Array<{ name: string; pid: number; address: string; state: ServerState }>;
-  forwards: Forward[];
+  forwards: Array<{ name: string; to: string }>;
 }
 
 /** Names are used as file names in the spool later, so they stay plain. */
@@ -53,7 +60,7 @@ export function checkRegistration(value: unknown): Registration {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw badRequest('register takes one map: { name, pid, address, entry, argv, root }');
   }
-  const { name, pid, address, entry, argv, root } = value as Record<string, unknown>;
+  const { name, pid, address, entry, argv, root, cwd, execArgv } = value as Record<string, unknown>;
   if (!Number.isSafeInteger(pid) || (pid as number) <= 0) throw badRequest(`pid must be a positive integer; got ${JSON.stringify(pid)}`);
   if (typeof address !== 'string') throw badRequest('address must be a "host:port" string');
   let where;
@@ -64,8 +71,14 @@ export function checkRegistration(value: unknown): Registration {
   }
   if (where.port === 0) throw badRequest(`address ${address} names no port`);
   if (typeof entry !== 'string' || typeof root !== 'string') throw badRequest('entry and root must be strings');
-  if (!Array.isArray(argv) || !argv.every((arg) => typeof arg === 'string')) throw badRequest('argv must be an array of strings');
-  return { name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root };
+  if (!isStrings(argv)) throw badRequest('argv must be an array of strings');
+  if (cwd !== undefined && typeof cwd !== 'string') throw badRequest('cwd must be a string');
+  if (execArgv !== undefined && !isStrings(execArgv)) throw badRequest('execArgv must be an array of strings');
+  return { name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root, cwd, execArgv };
+}
+
+function isStrings(value: unknown): value is string[] {
+  return Array.isArray(value) && value.every((item) => typeof item === 'string');
 }
 
 export class Names {
@@ -74,10 +87,13 @@ export class Names {
   /** `where` names this daemon in error messages. */
   constructor(private readonly where: string) {}
 
-  /** Refuses a name held by another server that is still alive. */
+  /**
+   * Refuses a name held by another server that is still alive and not moved away: a server
+   * moving back here takes its name over from its old process in the grace period.
+   */
   register(registration: Registration, owner: object, isAlive: (server: Server) => boolean): Server {
     const held = this.servers.get(registration.name);
-    if (held && held.owner !== owner && isAlive(held)) {
+    if (held && held.owner !== owner && held.state !== 'moved' && isAlive(held)) {
       throw new RpcmigError(
         'NAME_TAKEN',
         `a server named ${JSON.stringify(held.name)} is already registered on the daemon at ${this.where} (pid ${held.pid} at ${held.address})`,
@@ -110,9 +126,8 @@ export class Names {
     return [...this.servers.values()];
   }
 
-  /** Forwarding entries are recorded by the migration protocol (issue 4); none exist yet. */
-  list(show: (server: Server) => string): Listing {
+  list(show: (server: Server) => string, forwards: Forward[]): Listing {
     const servers = this.all().map((server) => ({ name: server.name, pid: server.pid, address: show(server), state: server.state }));
-    return { servers, forwards: [] };
+    return { servers, forwards: forwards.map(({ name, to }) => ({ name, to })) };
   }
 }

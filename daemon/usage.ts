@@ -12,6 +12,7 @@ export const EXIT = {
   noMethod: 6,
   appError: 7,
   failed: 8,
+  migrationFailed: 9,
 } as const;
 
 const KEY_OPTION = '  --key-file FILE        the cluster key (default: RPCMIG_KEY_FILE)';
@@ -30,6 +31,7 @@ Commands:
   keygen   write a new cluster key file
   ls       list the servers registered on a daemon
   call     call a procedure of a server found by name
+  migrate  move a server, with its state, to another host's daemon
 
 Run 'rpcmig COMMAND --help' for the options of a command. Commands that talk to a
 daemon need the cluster key: --key-file FILE, or RPCMIG_KEY_FILE.
@@ -44,6 +46,8 @@ Exit codes:
   6  no procedure of that name on the server
   7  the procedure threw (application error)
   8  the request failed otherwise (connection lost, time-out, bad request)
+  9  the migration failed; the message names the step, and the server serves on
+     where it was
 `,
   daemon: `Usage: rpcmig daemon [--listen HOST:PORT] [--advertise HOST:PORT] [--dir DIR] [--key-file FILE]
 
@@ -91,6 +95,25 @@ before the arguments when one starts with '-'.
 Options:
 ${DAEMON_OPTION}
   --json                 print the result on one line
+${KEY_OPTION}
+${HELP_OPTION}
+`,
+  migrate: `Usage: rpcmig migrate NAME --to HOST[:PORT] [--grace SECONDS] [--daemon HOST[:PORT]] [--json] [--key-file FILE]
+
+Moves the server NAME, with its @migrate state, from the daemon it is registered on
+to the daemon at --to, and waits. Calls that arrive during the move are held and
+answered MOVED the moment the new server serves; rpcmig clients follow by
+themselves. Prints the time each step took (DESIGN §7); exits 0 once the new
+server answered. On failure the server serves on where it was, and the message
+names the step that failed and why (exit 9).
+
+Options:
+  --to HOST[:PORT]       the destination daemon (required)
+  --grace SECONDS        how long the old address answers MOVED before the old
+                         process exits (default: 60)
+${DAEMON_OPTION}
+  --json                 print {"quiesce_ms","snapshot_ms","copy_ms","start_ms","total_ms",
+                         "pause_ms","state_bytes","program_bytes_sent","from","to","address"}
 ${KEY_OPTION}
 ${HELP_OPTION}
 `,

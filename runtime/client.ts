@@ -1,10 +1,12 @@
-// The client behind `connect()`: a typed proxy over one pipelined MessagePack-RPC connection.
-// Every call leaves through `Channel.call` and every reply comes back through `Channel.settle`,
-// the one place where following a server's move will plug in. A call is never resent.
+// The client behind `connect()`: a typed proxy over one pipelined MessagePack-RPC connection
+// that follows its server when it moves (DESIGN §3 step 7, the paper's (a)-(d)). A reply of
+// MOVED switches the connection to the new address — retrying while the new server is not
+// up — and sends the call again there; MIGRATING sends it again after a back-off. Only
+// calls the server says it did not execute are ever sent twice.
 import { connect as connectSocket, type Socket } from 'node:net';
+import { Channel, type Pending } from './channel.js';
 import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress, loadKey, openDaemon, parseAddress } from './daemonlink.js';
-import { Outbox, readMessages, REQUEST, RESPONSE, validate } from './wire.js';
 
 export interface CallOptions {
   /** Milliseconds each call (and connecting) may take before TIMEOUT; default 30 s. */
@@ -37,137 +39,115 @@ export type Client<T> = Remote<T> & {
 };
 
 export const DEFAULT_TIMEOUT = 30_000;
-const MAX_MSGID = 0xffffffff;
-const LINGER_MS = 1000;
+/** Redirects one call may follow before it fails: a cycle or a runaway chain ends here. */
+const MAX_HOPS = 8;
+const FIRST_RETRY_MS = 5;
+const LAST_RETRY_MS = 250;
 
-interface Pending {
-  method: string;
-  deadline: number;
-  resolve(result: unknown): void;
-  reject(error: Error): void;
-}
+/** The server's current connection, replaced when the server moves or the connection is lost. */
+class Follower {
+  private channel: Channel;
+  private moving: { to: string; next: Promise<Channel> } | undefined;
+  private closed = false;
 
-/** Lets `new Promise` run without a closure per call: the executor parks its functions here. */
-let parkedResolve: Pending['resolve'] = () => undefined;
-let parkedReject: Pending['reject'] = () => undefined;
-function park(resolve: Pending['resolve'], reject: Pending['reject']): void {
-  parkedResolve = resolve;
-  parkedReject = reject;
-}
+  constructor(
+    socket: Socket,
+    address: string,
+    private readonly timeout: number,
+    /** Where the server is now, asked of its daemon; for a direct client, its last address. */
+    private readonly locate: () => Promise<string>,
+  ) {
+    this.channel = new Channel(socket, address, timeout, this.reroute);
+  }
 
-/** One connection to one server: calls in flight keyed by msgid, in the order they were sent. */
-class Channel {
-  private readonly pending = new Map<number, Pending>();
-  private readonly outbox: Outbox;
-  private nextId = 0;
-  private timer: NodeJS.Timeout | undefined;
-  private lost: RpcmigError | undefined;
-  private readonly ended: Promise<void>;
-
-  constructor(private readonly socket: Socket, readonly address: string, private readonly timeout: number) {
-    this.outbox = new Outbox(socket);
-    this.ended = new Promise((resolve) => socket.once('close', () => resolve()));
-    socket.on('error', () => undefined);
-    socket.once('close', () => this.drop(new RpcmigError('UNKNOWN_OUTCOME', `the connection to ${address} was lost`)));
-    readMessages(socket, {
-      onValue: (value) => this.receive(value),
-      onFatal: (error) => this.broken(error.message),
-    });
+  private open(address: string, deadline: number): Promise<Channel> {
+    const where = parseAddress(address, 0);
+    return openRetrying(where.host, where.port, deadline).then((socket) => new Channel(socket, formatAddress(where), this.timeout, this.reroute));
   }
 
   call(method: string, params: unknown[]): Promise<unknown> {
-    if (this.lost || this.socket.destroyed) {
-      return Promise.reject(notSent(this.lost ?? new RpcmigError('UNKNOWN_OUTCOME', `the connection to ${this.address} was lost`), method));
-    }
-    const id = this.allocate();
-    const promise = new Promise(park);
-    this.pending.set(id, { method, deadline: Date.now() + this.timeout, resolve: parkedResolve, reject: parkedReject });
-    try {
-      this.outbox.send([REQUEST, id, method, params]);
-    } catch (error) {
-      this.pending.delete(id);
-      parkedReject(new RpcmigError('BAD_REQUEST', `the params of ${method} cannot be encoded: ${(error as Error).message}`));
-    }
-    if (this.timer === undefined) this.arm();
-    return promise;
-  }
-
-  /** The reply to call `id` (the one place a reply is handled). */
-  private settle(id: number, error: WireError | null, result: unknown): void {
-    const call = this.pending.get(id);
-    if (call === undefined) return; // it timed out already
-    this.pending.delete(id);
-    if (error === null || error === undefined) call.resolve(result);
-    else call.reject(RpcmigError.fromWire(error));
-  }
-
-  private receive(value: unknown): void {
-    const message = validate(value);
-    if (!Array.isArray(message)) return this.broken(message.bad);
-    if (message[0] === RESPONSE) return this.settle(message[1], message[2], message[3]);
-    // The protocol lets a server notify or ask its client; this client has nothing to answer.
-    if (message[0] === REQUEST) {
-      this.outbox.send([RESPONSE, message[1], { code: 'NO_SUCH_METHOD', message: 'an rpcmig client serves no procedures' }, null]);
-    }
-  }
-
-  /** Skips ids still in flight, so a wrapped counter never reuses a live one. */
-  private allocate(): number {
-    let id = this.nextId;
-    while (this.pending.has(id)) id = id === MAX_MSGID ? 0 : id + 1;
-    this.nextId = id === MAX_MSGID ? 0 : id + 1;
-    return id;
-  }
-
-  /** One timer for all calls: deadlines grow in sending order, so it waits for the oldest. */
-  private arm(): void {
-    this.timer = undefined;
-    const now = Date.now();
-    for (const [id, call] of this.pending) {
-      if (call.deadline > now) {
-        if (Number.isFinite(call.deadline)) this.timer = setTimeout(() => this.arm(), call.deadline - now);
-        return;
-      }
-      this.pending.delete(id);
-      call.reject(new RpcmigError('TIMEOUT', `${call.method} got no reply from ${this.address} within ${this.timeout} ms; it may have run`));
-    }
-  }
-
-  private broken(reason: string): void {
-    this.drop(new RpcmigError('UNKNOWN_OUTCOME', `${this.address} sent something that is not a MessagePack-RPC reply (${reason})`));
-    this.socket.destroy();
-  }
-
-  /** The connection is gone: every call sent on it may or may not have run. */
-  private drop(cause: RpcmigError): void {
-    this.lost ??= cause;
-    clearTimeout(this.timer);
-    for (const call of this.pending.values()) {
-      const { code } = this.lost;
-      call.reject(new RpcmigError(code, `${this.lost.message} after ${call.method} was sent; it may or may not have run (not resent)`));
-    }
-    this.pending.clear();
+    if (this.channel.usable || this.closed) return this.channel.call(method, params);
+    return this.reconnect().then((channel) => channel.call(method, params));
   }
 
   close(): Promise<void> {
-    this.drop(new RpcmigError('CLOSED', `the client of ${this.address} was closed`));
-    this.outbox.flush();
-    this.socket.end();
-    // A server that never hangs up its side must not keep close() waiting.
-    setTimeout(() => this.socket.destroy(), LINGER_MS).unref();
-    return this.ended;
+    this.closed = true;
+    return this.channel.close();
+  }
+
+  /** A reply said the call was not executed: send it again, where and when the reply says. */
+  private readonly reroute = (call: Pending, error: WireError): void => {
+    if (++call.hops > MAX_HOPS) return call.reject(new RpcmigError('MOVED', `${call.method} was redirected more than ${MAX_HOPS} times; not executed`));
+    if (this.closed) return call.reject(new RpcmigError('CLOSED', `the client was closed before ${call.method} was sent again`));
+    if (error.code === 'MIGRATING') {
+      const wait = Math.min(LAST_RETRY_MS, FIRST_RETRY_MS << call.hops);
+      setTimeout(() => this.current(call.deadline).then((channel) => channel.adopt(call), call.reject), wait);
+      return;
+    }
+    if (typeof error.to !== 'string') return call.reject(RpcmigError.fromWire(error));
+    this.follow(error.to, call.deadline).then((channel) => channel.adopt(call), call.reject);
+  };
+
+  /** The channel to `to`: the current one if it is there already, else one being opened. */
+  private follow(to: string, deadline: number): Promise<Channel> {
+    let where: string;
+    try {
+      where = formatAddress(parseAddress(to, 0));
+    } catch {
+      return Promise.reject(new RpcmigError('PROTOCOL_ERROR', `the server said it moved to ${JSON.stringify(to)}, which is not an address`));
+    }
+    if (this.channel.address === where && this.channel.usable) return Promise.resolve(this.channel);
+    if (this.moving?.to === where) return this.moving.next;
+    const next = this.open(where, deadline).then((channel) => this.switchTo(channel));
+    this.moving = { to: where, next };
+    next.catch(() => undefined).finally(() => this.moving?.next === next && (this.moving = undefined));
+    return next;
+  }
+
+  private current(deadline: number): Promise<Channel> {
+    return this.channel.usable ? Promise.resolve(this.channel) : this.moving?.next ?? this.reconnect(deadline);
+  }
+
+  /** The connection was lost with nothing in flight: find the server again. */
+  private reconnect(deadline = Date.now() + this.timeout): Promise<Channel> {
+    if (this.moving) return this.moving.next;
+    const next = this.locate().then((address) => this.open(address, Math.min(deadline, Date.now() + LAST_RETRY_MS))).then((channel) => this.switchTo(channel));
+    const where = this.channel.address;
+    this.moving = { to: where, next };
+    next.catch(() => undefined).finally(() => this.moving?.next === next && (this.moving = undefined));
+    return next;
+  }
+
+  private switchTo(channel: Channel): Channel {
+    if (this.closed) {
+      void channel.close();
+      throw new RpcmigError('CLOSED', 'the client was closed');
+    }
+    const old = this.channel;
+    this.channel = channel;
+    old.retire();
+    return channel;
   }
 }
 
-function notSent(lost: RpcmigError, method: string): RpcmigError {
-  const code = lost.code === 'CLOSED' ? 'CLOSED' : 'CONNECTION_FAILED';
-  return new RpcmigError(code, `${method} was not sent: ${lost.message}`);
+/** Connects, retrying with back-off until `deadline` while nothing listens (the new server is starting). */
+async function openRetrying(host: string, port: number, deadline: number): Promise<Socket> {
+  for (let attempt = 0; ; attempt++) {
+    const left = deadline - Date.now();
+    try {
+      return await openSocket(host, port, Math.max(1, Math.min(left, DEFAULT_TIMEOUT)));
+    } catch (error) {
+      const wait = Math.min(LAST_RETRY_MS, FIRST_RETRY_MS << Math.min(attempt, 10));
+      if (Date.now() + wait >= deadline || attempt >= 1000) throw error;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
 }
 
-const channels = new WeakMap<object, Channel>();
+const channels = new WeakMap<object, Follower>();
 
 /** The typed proxy: any name but `then` and `close` is a remote procedure. */
-function proxy<T>(channel: Channel): Client<T> {
+function proxy<T>(channel: Follower): Client<T> {
   const methods = new Map<string, (...params: unknown[]) => Promise<unknown>>();
   const close = () => channel.close();
   const client = new Proxy(Object.create(null) as object, {
@@ -233,8 +213,10 @@ export function connect<T extends object>(name: string, options?: NamedOptions):
 /** A client of the server at `host:port`. */
 export function connect<T extends object>(target: DirectTarget): Promise<Client<T>>;
 export async function connect<T extends object>(target: string | DirectTarget, options: NamedOptions = {}): Promise<Client<T>> {
-  const where = typeof target === 'string' ? parseAddress(await lookup(target, options), 0) : target;
   const timeout = (typeof target === 'string' ? options.timeout : target.timeout) ?? DEFAULT_TIMEOUT;
+  let last = typeof target === 'string' ? await lookup(target, options) : formatAddress(target);
+  const locate = typeof target === 'string' ? async () => (last = await lookup(target, options)) : async () => last;
+  const where = parseAddress(last, 0);
   const socket = await openSocket(where.host, where.port, Math.min(timeout, DEFAULT_TIMEOUT));
-  return proxy<T>(new Channel(socket, formatAddress(where), timeout));
+  return proxy<T>(new Follower(socket, formatAddress(where), timeout, locate));
 }

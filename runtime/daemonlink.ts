@@ -74,6 +74,13 @@ export function loadKey(file?: string): Buffer {
   }
 }
 
+/** `promise`, or a rejection with `late`'s error (default: "no answer within N ms") after `ms`. */
+export function within<T>(ms: number, promise: Promise<T>, late: () => Error = () => new Error(`no answer within ${ms} ms`)): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(late()), ms)));
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 export interface DaemonLink {
   /** The daemon's address, as given to openDaemon. */
   readonly address: string;

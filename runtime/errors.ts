@@ -9,6 +9,7 @@ export const DAEMON_CODES = [
   'NO_SUCH_SERVER', // the daemon knows no server of that name
   'NAME_TAKEN', // another live server is registered under that name
   'TRANSFER_REFUSED', // a shipped program (manifest, blob or tree) was refused; `path` or `hash` names it
+  'MIGRATION_FAILED', // a migration did not complete; `step` names where it failed, the server serves on at the source
 ] as const;
 
 /** Codes raised on the calling side (client, CLI, daemon peers). */

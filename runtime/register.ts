@@ -3,7 +3,7 @@
 // closes. Without a key or a daemon the server serves alone and says so once.
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { openDaemon, loadKey, type DaemonLink } from './daemonlink.js';
+import { openDaemon, loadKey, within, type DaemonLink } from './daemonlink.js';
 
 export interface Registration {
   readonly link: DaemonLink;
@@ -13,7 +13,10 @@ export interface Registration {
 /** What the daemon records to start this program again elsewhere (the migration issue). */
 function programRecord(name: string, address: string): Record<string, unknown> {
   const entry = process.argv[1] ? resolve(process.argv[1]) : '';
-  return { name, pid: process.pid, address, entry, argv: process.argv.slice(2), root: packageRoot(entry) };
+  return {
+    name, pid: process.pid, address, entry, argv: process.argv.slice(2), root: packageRoot(entry),
+    cwd: process.cwd(), execArgv: process.execArgv,
+  };
 }
 
 /** The nearest directory above `entry` holding a package.json; the entry's own directory if none. */
@@ -56,12 +59,6 @@ export async function register(name: string, address: string, daemon: string, ke
 
 /** A daemon that takes the connection but never answers must not hold serve() up. */
 const REGISTER_TIMEOUT_MS = 5000;
-
-function within<T>(ms: number, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms)));
-  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
-}
 
 function reason(error: unknown): string {
   return error instanceof Error ? error.message : String(error);

@@ -4,13 +4,14 @@
 import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
 import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress } from './daemonlink.js';
+import { Migration, takeOrders, type Movable } from './migrating.js';
 import { register, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
 export interface ServeOptions {
-  /** Interface to listen on; default 127.0.0.1. */
+  /** Interface to listen on; default `RPCMIG_HOST`, then 127.0.0.1. */
   host?: string;
-  /** Port to listen on; default 0 (any free port). */
+  /** Port to listen on; default `RPCMIG_PORT`, then 0 (any free port). */
   port?: number;
   /** Largest message a peer may send; a larger one closes its connection. Default 64 MiB. */
   maxFrame?: number;
@@ -48,12 +49,13 @@ class Connection {
   }
 }
 
-class RpcServer implements Server {
+class RpcServer implements Server, Movable {
   address = '';
+  readonly migration: Migration;
   private readonly connections = new Set<Connection>();
   private readonly procedures: Map<string, Procedure>;
   private executing = 0;
-  private idle: (() => void) | undefined;
+  private idle: Array<() => void> = [];
   private closing: Promise<void> | undefined;
   registration: Registration | undefined;
 
@@ -64,7 +66,8 @@ class RpcServer implements Server {
     private readonly maxFrame: number,
   ) {
     this.procedures = procedureTable(target);
-    this.procedures.set(WHEREIS, () => this.address);
+    this.procedures.set(WHEREIS, () => (this.migration.phase.name === 'moved' ? this.migration.phase.to : this.address));
+    this.migration = new Migration((line) => process.stderr.write(`rpcmig: ${name}: ${line}\n`));
     net.on('connection', (socket) => this.accept(socket));
   }
 
@@ -96,6 +99,12 @@ class RpcServer implements Server {
 
   /** Runs one call; `msgid` -1 marks a notification, which gets no reply. */
   private execute(connection: Connection, msgid: number, method: string, params: unknown[]): void {
+    if (!this.migration.accepting && method !== WHEREIS) {
+      return this.migration.hold({
+        run: () => this.execute(connection, msgid, method, params),
+        answer: (error) => this.answer(connection, msgid, error, null),
+      });
+    }
     const procedure = this.procedures.get(method);
     if (procedure === undefined) {
       const error = { code: 'NO_SUCH_METHOD', message: `${this.name} has no procedure ${JSON.stringify(method)}` };
@@ -120,7 +129,17 @@ class RpcServer implements Server {
 
   private finish(connection: Connection, msgid: number, error: WireError | null, result: unknown): void {
     this.answer(connection, msgid, error, result);
-    if (--this.executing === 0 && this.idle) this.idle();
+    if (--this.executing === 0) for (const resolve of this.idle.splice(0)) resolve();
+  }
+
+  whenIdle(): Promise<void> {
+    return this.executing === 0 ? Promise.resolve() : new Promise((resolve) => this.idle.push(resolve));
+  }
+
+  /** The grace period after a move is over: stop, then end the process it moved out of. */
+  async retire(): Promise<void> {
+    await this.close();
+    process.exit(0);
   }
 
   private answer(connection: Connection, msgid: number, error: WireError | null, result: unknown): void {
@@ -165,7 +184,7 @@ class RpcServer implements Server {
   private async drainAndStop(): Promise<void> {
     const stopped = new Promise<void>((resolve) => this.net.close(() => resolve()));
     for (const { socket } of this.connections) socket.pause();
-    if (this.executing > 0) await new Promise<void>((resolve) => (this.idle = resolve));
+    await this.whenIdle();
     for (const { outbox, socket } of this.connections) {
       outbox.flush();
       socket.end();
@@ -195,6 +214,11 @@ function appError(thrown: unknown): WireError {
   return new RpcmigError('APP_ERROR', message).toWire();
 }
 
+function envPort(): number | undefined {
+  const text = process.env.RPCMIG_PORT;
+  return text && /^\d{1,5}$/.test(text) ? Number(text) : undefined;
+}
+
 function listen(net: NetServer, host: string, port: number): Promise<void> {
   return new Promise((resolve, reject) => {
     net.once('error', reject);
@@ -210,14 +234,18 @@ function listen(net: NetServer, host: string, port: number): Promise<void> {
  * local daemon when one answers. Resolves once listening and registered (or known alone).
  */
 export async function serve<T extends object>(name: string, procedures: T, options: ServeOptions = {}): Promise<Server> {
-  const host = options.host ?? '127.0.0.1';
+  // A daemon starting a moved server sets RPCMIG_HOST: the host written in the code was the old one's.
+  const host = process.env.RPCMIG_HOST || options.host || '127.0.0.1';
   const net = createServer({ noDelay: true });
   const server = new RpcServer(name, procedures, net, options.maxFrame ?? DEFAULT_MAX_FRAME);
-  await listen(net, host, options.port ?? 0);
+  await listen(net, host, options.port ?? envPort() ?? 0);
   const bound = net.address() as AddressInfo;
   server.address = formatAddress({ host, port: bound.port });
   net.on('error', (error) => process.stderr.write(`rpcmig: ${name}: ${error.message}\n`));
   const daemon = options.daemon ?? process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111';
   if (daemon !== false) server.registration = await register(name, server.address, daemon, options.keyFile);
+  const log = (line: string) => process.stderr.write(`rpcmig: ${name}: ${line}\n`);
+  if (server.registration) takeOrders(server.registration.link, server, log);
+  else process.on('SIGUSR2', () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored'));
   return server;
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Builds the package (plain tsc), then the example servers under fixtures/ with the
-// package's own transformer (tspc), linking fixtures/node_modules/rpcmig to this package.
+// package's own transformer (tspc). fixtures/ is a self-contained program root, as a user's
+// would be: its node_modules holds a copy of this package's runtime and transformer and of
+// msgpackr, so that a migration ships a program that runs anywhere.
 'use strict';
 const { execFileSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -12,10 +14,19 @@ const run = (file, args) => execFileSync(process.execPath, [file, ...args], { cw
 
 run(bin('typescript', 'tsc'), ['-p', 'tsconfig.json']);
 
-const link = path.join(root, 'fixtures', 'node_modules', 'rpcmig');
-fs.mkdirSync(path.dirname(link), { recursive: true });
-if (!fs.existsSync(link)) fs.symlinkSync(path.relative(path.dirname(link), root), link, 'dir');
-
-if (fs.existsSync(path.join(root, 'fixtures', 'tsconfig.json'))) {
-  run(bin('ts-patch', 'tspc.js'), ['-p', 'fixtures/tsconfig.json']);
+/** Replaces `dest` (a directory, or a link left by older builds) with a copy of `parts` of `from`. */
+function install(from, dest, parts) {
+  if (fs.lstatSync(dest, { throwIfNoEntry: false })?.isSymbolicLink()) fs.unlinkSync(dest);
+  fs.rmSync(dest, { recursive: true, force: true });
+  for (const part of parts) {
+    fs.cpSync(path.join(from, part), path.join(dest, part), { recursive: true, filter: (src) => !src.endsWith('.tsbuildinfo') });
+  }
 }
+
+const modules = path.join(root, 'fixtures', 'node_modules');
+fs.mkdirSync(modules, { recursive: true });
+install(root, path.join(modules, 'rpcmig'), ['package.json', 'dist/runtime', 'dist/transformer']);
+const msgpackr = path.join(root, 'node_modules', 'msgpackr');
+install(msgpackr, path.join(modules, 'msgpackr'), fs.readdirSync(msgpackr));
+
+run(bin('ts-patch', 'tspc.js'), ['-p', 'fixtures/tsconfig.json']);

@@ -44,7 +44,8 @@ function expect(args: string[], code: number, stdout: string, stderr: string, ex
 test('--help prints the usage with every exit code; COMMAND --help prints its own', () => {
   expect(['--help'], 0, USAGE[''], '');
   const codes = USAGE[''].split('\n').filter((line) => /^ {2}\d {2}\S/.test(line));
-  assert.equal(codes.map((line) => line.trim()[0]), ['0', '1', '2', '3', '4', '5', '6', '7', '8']);
+  assert.equal(codes.map((line) => line.trim()[0]), ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9']);
+  expect(['migrate', '--help'], 0, USAGE.migrate, '');
   expect(['ls', '--help'], 0, USAGE.ls, '');
   expect(['keygen', '-h'], 0, USAGE.keygen, '');
   expect(['call', '--help'], 0, `${USAGE.call}\n${JSON_RULE}\n`, '');
@@ -53,7 +54,9 @@ test('--help prints the usage with every exit code; COMMAND --help prints its ow
 test('an unknown command, no command, an unknown flag or missing arguments print usage and exit 2', () => {
   expect(['frobnicate'], 2, '', `rpcmig: unknown command "frobnicate"\n\n${USAGE['']}`);
   expect([], 2, '', `rpcmig: no command given\n\n${USAGE['']}`);
-  expect(['migrate', 'calc'], 2, '', `rpcmig: unknown command "migrate"\n\n${USAGE['']}`);
+  expect(['migrate', 'calc'], 2, '', `rpcmig migrate: migrate needs --to HOST[:PORT], the destination daemon\n\n${USAGE.migrate}`);
+  expect(['migrate', '--to', '127.0.0.1:1'], 2, '', `rpcmig migrate: migrate takes one NAME\n\n${USAGE.migrate}`);
+  expect(['migrate', 'calc', '--to', 'h:1', '--grace', 'soon'], 2, '', `rpcmig migrate: --grace takes seconds >= 0; got "soon"\n\n${USAGE.migrate}`);
   expect(['ls', '--bogus'], 2, '', `rpcmig ls: Unknown option '--bogus'\n\n${USAGE.ls}`);
   expect(['keygen'], 2, '', `rpcmig keygen: keygen takes one FILE\n\n${USAGE.keygen}`);
   expect(['call', 'calc'], 2, '', `rpcmig call: call needs NAME and PROC\n\n${USAGE.call}\n${JSON_RULE}\n`);

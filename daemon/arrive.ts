@@ -1,0 +1,245 @@
+// The destination's half of a migration (DESIGN §3 steps 2 and 5): it takes the manifest,
+// the blobs its cache lacks and the state file, materialises the program, starts it with
+// RPCMIG_RESTORE and answers once the restored server has registered here.
+import { randomBytes } from 'node:crypto';
+import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { join, posix } from 'node:path';
+import { within } from '../runtime/daemonlink.js';
+import { RpcmigError } from '../runtime/errors.js';
+import { launch, tail } from './launch.js';
+import { checkName, type Server } from './names.js';
+import { BlobReceiver, BlobStore, manifestId, materialize, validateManifest, type Manifest } from './transfer.js';
+import { isFileEntry } from './validate.js';
+
+export interface ArrivalContext {
+  spool: string;
+  store: BlobStore;
+  /** What the started server is told: its daemon, the key file, the host to listen on. */
+  serverEnv: Record<string, string>;
+  /** True when a server of that name serves here (not one in its grace period). */
+  serves(name: string): boolean;
+  log(line: string): void;
+}
+
+/** What the source sends first: the program and how to start it. */
+export interface Shipment {
+  id: string;
+  name: string;
+  manifest: Manifest;
+  /** Paths relative to the program root. */
+  entry: string;
+  cwd: string;
+  argv: string[];
+  execArgv: string[];
+}
+
+type Phase = 'receiving' | 'starting' | 'started';
+
+interface Arrival extends Shipment {
+  peer: object;
+  phase: Phase;
+  dir: string;
+  receiver: BlobReceiver;
+  state: StateWriter;
+  pid?: number;
+}
+
+/** How long a started server has to restore and register. */
+const START_TIMEOUT_MS = Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000;
+const MAX_STATE_BYTES = 2 ** 32;
+const ID = /^[0-9a-f]{16}$/;
+
+export class Arrivals {
+  private readonly arrivals = new Map<string, Arrival>();
+  /** Servers started here and not registered yet, by name. */
+  private readonly awaited = new Map<string, { pid: number; registered(address: string): void }>();
+
+  constructor(private readonly ctx: ArrivalContext) {}
+
+  async prepare(peer: object, value: unknown): Promise<{ lacking: string[] }> {
+    const shipment = checkShipment(value);
+    if (this.arrivals.has(shipment.id)) throw refuseMigration(`migration ${shipment.id} is already under way here`);
+    if (this.ctx.serves(shipment.name) || [...this.arrivals.values()].some((a) => a.name === shipment.name)) {
+      throw new RpcmigError('NAME_TAKEN', `a server named ${JSON.stringify(shipment.name)} already serves or arrives here`);
+    }
+    const dir = join(this.ctx.spool, 'arriving', shipment.id);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    const arrival: Arrival = {
+      ...shipment, peer, phase: 'receiving', dir,
+      receiver: new BlobReceiver(this.ctx.store, shipment.manifest),
+      state: new StateWriter(join(dir, 'state')),
+    };
+    this.arrivals.set(shipment.id, arrival);
+    this.ctx.log(`migration ${shipment.id}: receiving ${shipment.name} (${shipment.manifest.entries.length} entries)`);
+    return { lacking: await this.ctx.store.missing(shipment.manifest) };
+  }
+
+  blob(params: unknown[]): Promise<boolean> {
+    const [id, hash, offset, bytes, final] = params;
+    if (typeof hash !== 'string' || !Number.isSafeInteger(offset) || !(bytes instanceof Uint8Array) || typeof final !== 'boolean') {
+      throw new RpcmigError('BAD_REQUEST', 'blob takes [id, hash, offset, bytes, final]');
+    }
+    return this.receiving(id).receiver.receive(hash, offset as number, bytes, final);
+  }
+
+  state(params: unknown[]): Promise<void> {
+    const [id, offset, bytes, final] = params;
+    if (!Number.isSafeInteger(offset) || !(bytes instanceof Uint8Array) || typeof final !== 'boolean') {
+      throw new RpcmigError('BAD_REQUEST', 'state takes [id, offset, bytes, final]');
+    }
+    return this.receiving(id).state.write(offset as number, bytes, final);
+  }
+
+  /** Materialises the program, starts it and waits until it registered: `{ address, pid }`. */
+  async start(id: unknown): Promise<{ address: string; pid: number }> {
+    const arrival = this.receiving(id);
+    if (!arrival.state.complete) throw refuseMigration('the state file has not arrived whole');
+    arrival.phase = 'starting';
+    const program = await this.program(arrival.manifest, arrival.id);
+    const log = join(this.ctx.spool, 'logs', `${arrival.name}-${arrival.id}.log`);
+    await mkdir(join(this.ctx.spool, 'logs'), { recursive: true, mode: 0o700 });
+    const registered = new Promise<string>((resolve) => this.awaited.set(arrival.name, { pid: 0, registered: resolve }));
+    const started = launch({
+      program, entry: arrival.entry, cwd: arrival.cwd, argv: arrival.argv, execArgv: arrival.execArgv, log,
+      env: { ...this.ctx.serverEnv, RPCMIG_RESTORE: arrival.state.path },
+    });
+    arrival.pid = started.pid;
+    this.awaited.get(arrival.name)!.pid = started.pid;
+    this.ctx.log(`migration ${arrival.id}: started ${arrival.name} pid ${started.pid} (log ${log})`);
+    try {
+      const died = started.exited.then((how) => Promise.reject(refuseMigration(`the server ${how} before it served${lastWords(log)}`)));
+      const late = () => refuseMigration(`the server did not serve within ${START_TIMEOUT_MS} ms${lastWords(log)}`);
+      const address = await within(START_TIMEOUT_MS, Promise.race([registered, died]), late);
+      arrival.phase = 'started';
+      await rm(arrival.dir, { recursive: true, force: true });
+      return { address, pid: started.pid };
+    } catch (error) {
+      kill(started.pid);
+      throw error;
+    } finally {
+      this.awaited.delete(arrival.name);
+    }
+  }
+
+  /** Called for every registration: the server a migration started has arrived. */
+  registered(server: Server, address: string): void {
+    const awaited = this.awaited.get(server.name);
+    if (awaited && awaited.pid === server.pid) awaited.registered(address);
+  }
+
+  /** The source recorded the move: the started server is this host's now. */
+  commit(id: unknown): void {
+    const arrival = this.arrivals.get(String(id));
+    if (arrival?.phase !== 'started') throw refuseMigration(`no started migration ${JSON.stringify(id)} here`);
+    this.arrivals.delete(arrival.id);
+    this.ctx.log(`migration ${arrival.id}: ${arrival.name} committed`);
+  }
+
+  /** Removes what a migration received and ends what it started. */
+  async abort(id: unknown, reason: string): Promise<void> {
+    const arrival = this.arrivals.get(String(id));
+    if (!arrival) return;
+    this.arrivals.delete(arrival.id);
+    if (arrival.pid !== undefined) kill(arrival.pid);
+    await arrival.receiver.abort().catch(() => undefined);
+    await arrival.state.discard();
+    await rm(arrival.dir, { recursive: true, force: true });
+    this.ctx.log(`migration ${arrival.id}: aborted (${reason}); ${arrival.name} removed`);
+  }
+
+  /** The source's connection closed: what had not started yet cannot finish. */
+  peerClosed(peer: object): void {
+    for (const arrival of this.arrivals.values()) {
+      if (arrival.peer === peer && arrival.phase !== 'started') void this.abort(arrival.id, 'the source hung up');
+    }
+  }
+
+  private receiving(id: unknown): Arrival {
+    const arrival = this.arrivals.get(String(id));
+    if (!arrival || arrival.phase !== 'receiving') throw refuseMigration(`no migration ${JSON.stringify(id)} is receiving here`);
+    return arrival;
+  }
+
+  /** The program's tree, shared by every migration of the same manifest (hard links into the blob store). */
+  private async program(manifest: Manifest, id: string): Promise<string> {
+    const dir = join(this.ctx.spool, 'programs', manifestId(manifest));
+    if (await stat(dir).then(() => true, () => false)) return dir;
+    await mkdir(join(this.ctx.spool, 'programs'), { recursive: true, mode: 0o700 });
+    const staging = `${dir}.${id}.${randomBytes(4).toString('hex')}`;
+    await materialize(manifest, this.ctx.store, staging);
+    await rename(staging, dir).catch(async () => rm(staging, { recursive: true, force: true }));
+    return dir;
+  }
+}
+
+/** Writes the pieces of a state file at their offsets; the final one waits for the rest, then fsyncs. */
+class StateWriter {
+  complete = false;
+  private file: Promise<FileHandle> | undefined;
+  private readonly writes = new Set<Promise<unknown>>();
+  private received = 0;
+
+  constructor(readonly path: string) {}
+
+  async write(offset: number, bytes: Uint8Array, final: boolean): Promise<void> {
+    if (this.complete) throw refuseMigration('state piece after the final one');
+    if (offset < 0 || offset + bytes.length > MAX_STATE_BYTES) throw refuseMigration(`state piece at ${offset} exceeds ${MAX_STATE_BYTES} bytes`);
+    this.file ??= open(this.path, 'wx', 0o600);
+    const file = await this.file;
+    const write = file.write(bytes, 0, bytes.length, offset);
+    this.writes.add(write);
+    await write.finally(() => this.writes.delete(write));
+    this.received += bytes.length;
+    if (!final) return;
+    await Promise.all(this.writes);
+    if ((await file.stat()).size !== this.received) throw refuseMigration('the state file arrived with gaps');
+    await file.sync();
+    await file.close();
+    this.complete = true;
+  }
+
+  async discard(): Promise<void> {
+    await Promise.allSettled(this.writes);
+    await (await this.file?.catch(() => undefined))?.close().catch(() => undefined);
+    await rm(this.path, { force: true });
+  }
+}
+
+function checkShipment(value: unknown): Shipment {
+  const v = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
+  if (typeof v.id !== 'string' || !ID.test(v.id)) throw new RpcmigError('BAD_REQUEST', 'prepare needs an id of 16 hex digits');
+  const manifest = validateManifest(v.manifest);
+  const entry = relativePath(v.entry, 'entry');
+  if (!manifest.entries.some((e) => isFileEntry(e) && e.path === entry)) throw refuseMigration(`the entry ${entry} is not a file of the program`);
+  const strings = (x: unknown) => Array.isArray(x) && x.every((s) => typeof s === 'string');
+  if (!strings(v.argv) || !strings(v.execArgv)) throw new RpcmigError('BAD_REQUEST', 'argv and execArgv must be arrays of strings');
+  return {
+    id: v.id, name: checkName(v.name), manifest, entry, cwd: v.cwd === '' ? '' : relativePath(v.cwd, 'cwd'),
+    argv: v.argv as string[], execArgv: v.execArgv as string[],
+  };
+}
+
+/** A path inside the program: relative, normalised, no `..`. */
+function relativePath(value: unknown, what: string): string {
+  if (typeof value !== 'string' || value === '' || posix.isAbsolute(value) || posix.normalize(value) !== value || value.split('/').includes('..')) {
+    throw refuseMigration(`${what} must be a plain path inside the program; got ${JSON.stringify(value)}`);
+  }
+  return value;
+}
+
+function refuseMigration(message: string): RpcmigError {
+  return new RpcmigError('MIGRATION_FAILED', message);
+}
+
+function lastWords(log: string): string {
+  const text = tail(log);
+  return text ? `; its log ends:\n${text}` : '';
+}
+
+function kill(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // already gone
+  }
+}

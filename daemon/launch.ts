@@ -1,0 +1,54 @@
+// Starting a moved server (DESIGN §3 step 5): the one place the daemon spawns a process. The
+// server runs detached from the daemon (a daemon restart must not take its servers along),
+// with its output in a log file under the spool and RPCMIG_RESTORE naming its state file.
+import { spawn } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface Launch {
+  /** The materialised program root; `entry` and `cwd` are relative to it. */
+  program: string;
+  entry: string;
+  argv: string[];
+  cwd: string;
+  execArgv: string[];
+  /** Variables added to the daemon's own environment. */
+  env: Record<string, string>;
+  log: string;
+}
+
+export interface Launched {
+  pid: number;
+  /** Resolves with a description of how the process ended. */
+  exited: Promise<string>;
+}
+
+export function launch(spec: Launch): Launched {
+  const out = openSync(spec.log, 'a', 0o600);
+  try {
+    const child = spawn(process.execPath, [...spec.execArgv, join(spec.program, spec.entry), ...spec.argv], {
+      cwd: join(spec.program, spec.cwd),
+      env: { ...process.env, ...spec.env },
+      detached: true,
+      stdio: ['ignore', out, out],
+    });
+    const exited = new Promise<string>((resolve) => {
+      child.once('error', (error) => resolve(`could not start: ${error.message}`));
+      child.once('exit', (code, signal) => resolve(signal ? `killed by ${signal}` : `exited with code ${code}`));
+    });
+    child.unref();
+    if (child.pid === undefined) throw new Error(`cannot start ${spec.entry}`);
+    return { pid: child.pid, exited };
+  } finally {
+    closeSync(out);
+  }
+}
+
+/** The last lines of a log, to say why a server did not start. */
+export function tail(log: string, lines = 8): string {
+  try {
+    return readFileSync(log, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+  } catch {
+    return '';
+  }
+}

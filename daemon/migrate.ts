@@ -1,0 +1,277 @@
+// The migration coordinator on the source daemon (DESIGN §3): one function per step — order,
+// prepare, signal, (the server's quiesce and snapshot), copy, start, commit — and abort in
+// one place. The program is shipped before the signal, so the server pauses only for its
+// state. Until the forwarding entry is written nothing is final: any failure rolls back.
+import { randomBytes } from 'node:crypto';
+import { mkdir, realpath, rm } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { connect, invoke } from '../runtime/client.js';
+import { openDaemon, parseAddress, within, type DaemonLink } from '../runtime/daemonlink.js';
+import { RpcmigError } from '../runtime/errors.js';
+import type { Order, SnapshotReport } from '../runtime/migrating.js';
+import { WHEREIS } from '../runtime/server.js';
+import type { Forwards } from './forwards.js';
+import type { Names, Server } from './names.js';
+import { buildManifest, sendBlobs, sendFile, type Manifest } from './transfer.js';
+
+export interface SourceContext {
+  key: Buffer;
+  spool: string;
+  advertised: string;
+  /** Random per daemon process: a destination answering with ours is this daemon. */
+  daemonId: string;
+  names: Names;
+  forwards: Forwards;
+  /** Sends a notification on the server's control connection. */
+  notify(server: Server, method: string, params: unknown[]): void;
+  log(line: string): void;
+}
+
+export interface MigrateRequest {
+  name: string;
+  to: string;
+  graceMs: number;
+}
+
+/** DESIGN §7: what `rpcmig migrate` reports. */
+export interface Breakdown {
+  quiesce_ms: number;
+  snapshot_ms: number;
+  copy_ms: number;
+  start_ms: number;
+  total_ms: number;
+  pause_ms: number;
+  state_bytes: number;
+  program_bytes_sent: number;
+  from: string;
+  to: string;
+  /** Where the moved server listens. */
+  address: string;
+}
+
+export type Step = 'order' | 'prepare' | 'signal' | 'quiesce' | 'snapshot' | 'copy' | 'start' | 'commit';
+
+interface Move {
+  id: string;
+  server: Server;
+  to: string;
+  graceMs: number;
+  dir: string;
+  statePath: string;
+  step: Step;
+  over: boolean;
+  link?: DaemonLink;
+  received: number;
+  orderTaken?: number;
+  snapshot: Deferred<SnapshotReport>;
+  figures: Breakdown;
+}
+
+const STEP_TIMEOUT_MS = Number(process.env.RPCMIG_STEP_TIMEOUT_MS) || 10_000;
+/** The longest call executing when the order comes is waited for this long. */
+const QUIESCE_TIMEOUT_MS = Number(process.env.RPCMIG_QUIESCE_TIMEOUT_MS) || 20_000;
+const START_TIMEOUT_MS = (Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000) + STEP_TIMEOUT_MS;
+
+export class Coordinator {
+  private readonly moves = new Map<Server, Move>();
+
+  constructor(private readonly ctx: SourceContext) {}
+
+  /** The `migrate` method: runs every step; on failure rolls back and throws MIGRATION_FAILED. */
+  async migrate(request: MigrateRequest): Promise<Breakdown> {
+    const move = this.order(request);
+    try {
+      await this.prepare(move);
+      await this.signal(move);
+      await this.copy(move);
+      const address = await this.start(move);
+      return await this.commit(move, address);
+    } catch (error) {
+      await this.abort(move, error);
+      throw failure(move, error, this.ctx.advertised);
+    } finally {
+      move.over = true;
+      this.moves.delete(move.server);
+      move.link?.close();
+      await rm(move.dir, { recursive: true, force: true });
+    }
+  }
+
+  /** The `order` method: a signalled server asks what for. */
+  orderFor(server: Server | undefined): Order | null {
+    const move = server && this.moves.get(server);
+    if (!move || move.over || move.step !== 'signal') return null;
+    move.step = 'quiesce';
+    move.orderTaken = performance.now();
+    return { id: move.id, statePath: move.statePath };
+  }
+
+  /** The `snapshot` method: the server reports its snapshot written, or failed. */
+  snapshotted(server: Server | undefined, value: unknown): void {
+    const move = server && this.moves.get(server);
+    const report = value as SnapshotReport | null;
+    if (!move || report?.id !== move.id) throw new RpcmigError('BAD_REQUEST', 'no migration of this server awaits that snapshot');
+    if (typeof report.error === 'string') move.snapshot.reject(new Error(report.error));
+    else move.snapshot.resolve(report);
+  }
+
+  /** The server's control connection closed mid-move. */
+  serverGone(server: Server): void {
+    this.moves.get(server)?.snapshot.reject(new Error(`the server (pid ${server.pid}) went away`));
+  }
+
+  private order(request: MigrateRequest): Move {
+    const server = this.ctx.names.lookup(request.name);
+    if (server.state !== 'serving' || this.moves.has(server)) {
+      throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is ${server.state === 'moved' ? 'moved away already' : 'already migrating'}`, { step: 'order' });
+    }
+    const id = randomBytes(8).toString('hex');
+    const dir = join(this.ctx.spool, 'leaving', id);
+    const figures: Breakdown = {
+      quiesce_ms: 0, snapshot_ms: 0, copy_ms: 0, start_ms: 0, total_ms: 0, pause_ms: 0,
+      state_bytes: 0, program_bytes_sent: 0, from: this.ctx.advertised, to: request.to, address: '',
+    };
+    const move: Move = {
+      id, server, to: request.to, graceMs: request.graceMs, dir, statePath: join(dir, 'state'),
+      step: 'order', over: false, received: performance.now(), snapshot: deferred(), figures,
+    };
+    this.moves.set(server, move);
+    server.state = 'migrating';
+    this.ctx.log(`migration ${id}: ${server.name} to ${request.to}: order`);
+    return move;
+  }
+
+  /** Step 2: the destination gets the program's manifest and the blobs it lacks. */
+  private async prepare(move: Move): Promise<void> {
+    move.step = 'prepare';
+    const link = await openDaemon(move.to, this.ctx.key, { timeout: STEP_TIMEOUT_MS });
+    move.link = link;
+    const hello = (await this.call(move, 'hello', [])) as { id?: unknown };
+    if (hello?.id === this.ctx.daemonId) {
+      move.step = 'order';
+      throw new Error(`${move.server.name} already lives on the daemon at ${move.to}`);
+    }
+    const { server } = move;
+    const root = await realpath(server.root);
+    const manifest = await buildManifest(root, { exclude: [this.ctx.spool] });
+    const entry = relative(root, await realpath(server.entry));
+    const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
+    const shipment = {
+      id: move.id, name: server.name, manifest, entry, argv: server.argv, execArgv: server.execArgv ?? [],
+      cwd: cwd.startsWith('..') ? '' : cwd,
+    };
+    const started = performance.now();
+    const { lacking } = (await this.call(move, 'prepare', [shipment])) as { lacking: string[] };
+    move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking);
+    move.figures.copy_ms += performance.now() - started;
+  }
+
+  private ship(move: Move, root: string, manifest: Manifest, lacking: string[]): Promise<number> {
+    return sendBlobs(root, manifest, lacking, (hash, offset, bytes, final) => this.call(move, 'blob', [move.id, hash, offset, bytes, final]));
+  }
+
+  /** Step 3: SIGUSR2; the server takes the order, quiesces, writes its snapshot and reports. */
+  private async signal(move: Move): Promise<void> {
+    move.step = 'signal';
+    await mkdir(move.dir, { recursive: true, mode: 0o700 });
+    process.kill(move.server.pid, 'SIGUSR2');
+    const report = await within(QUIESCE_TIMEOUT_MS, move.snapshot.promise, () => new Error(move.step === 'signal'
+      ? `the server (pid ${move.server.pid}) did not take the order within ${QUIESCE_TIMEOUT_MS} ms`
+      : `the server did not finish its calls and snapshot within ${QUIESCE_TIMEOUT_MS} ms`));
+    move.figures.quiesce_ms = report.quiesce_ms ?? 0;
+    move.figures.snapshot_ms = report.snapshot_ms ?? 0;
+    move.figures.state_bytes = report.bytes ?? 0;
+  }
+
+  /** Step 5a: the state file to the destination. */
+  private async copy(move: Move): Promise<void> {
+    move.step = 'copy';
+    const started = performance.now();
+    await sendFile(move.statePath, (offset, bytes, final) => this.call(move, 'state', [move.id, offset, bytes, final]));
+    move.figures.copy_ms += performance.now() - started;
+  }
+
+  /** Step 5b: the destination starts the program, which restores and registers there. */
+  private async start(move: Move): Promise<string> {
+    move.step = 'start';
+    const started = performance.now();
+    const { address } = (await this.call(move, 'start', [move.id], START_TIMEOUT_MS)) as { address: string };
+    move.figures.start_ms = performance.now() - started;
+    return address;
+  }
+
+  /**
+   * Step 6: the forwarding entry makes the move final; then the old server answers MOVED for
+   * its grace period, and the first reply from the new address ends the clock.
+   */
+  private async commit(move: Move, address: string): Promise<Breakdown> {
+    move.step = 'commit';
+    const { server } = move;
+    this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to });
+    server.state = 'moved';
+    this.ctx.notify(server, 'commit', [{ id: move.id, to: address, grace_ms: move.graceMs }]);
+    move.over = true;
+    this.call(move, 'commit', [move.id]).catch((error: Error) => this.ctx.log(`migration ${move.id}: the destination did not take the commit: ${error.message}`));
+    await firstReply(address).catch((error: Error) => this.ctx.log(`migration ${move.id}: no first reply from ${address}: ${error.message}`));
+    const now = performance.now();
+    move.figures.total_ms = now - move.received;
+    move.figures.pause_ms = now - (move.orderTaken ?? now);
+    move.figures.address = address;
+    this.ctx.log(`migration ${move.id}: ${server.name} moved to ${address} in ${move.figures.total_ms.toFixed(1)} ms`);
+    return move.figures;
+  }
+
+  /** Step 8: before commit, every failure lands here; the source serves on with its state. */
+  private async abort(move: Move, error: unknown): Promise<void> {
+    if (move.over) return;
+    move.over = true;
+    const reason = `${move.step} failed: ${describe(error)}`;
+    const { server } = move;
+    if (move.orderTaken !== undefined) this.ctx.notify(server, 'abort', [{ id: move.id, reason }]);
+    if (server.state === 'migrating') server.state = 'serving';
+    if (move.link) await within(2000, move.link.call('abort', [move.id, reason])).catch(() => undefined);
+    this.ctx.log(`migration ${move.id}: aborted: ${reason}`);
+  }
+
+  private call(move: Move, method: string, params: unknown[], timeout = STEP_TIMEOUT_MS): Promise<unknown> {
+    const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${timeout} ms`);
+    return within(timeout, move.link!.call(method, params), late);
+  }
+}
+
+/** Connects to the moved server and waits for its answer: the paper's "reply from the new host". */
+async function firstReply(address: string): Promise<void> {
+  const where = parseAddress(address, 0);
+  const client = await connect<Record<string, () => unknown>>({ host: where.host, port: where.port, timeout: STEP_TIMEOUT_MS });
+  try {
+    await invoke(client, WHEREIS);
+  } finally {
+    void client.close();
+  }
+}
+
+function failure(move: Move, error: unknown, source: string): RpcmigError {
+  if (error instanceof RpcmigError && error.code === 'MIGRATION_FAILED' && move.step === 'order') return error;
+  const cause = error instanceof RpcmigError ? error.code : undefined;
+  const message = `${move.step} failed: ${describe(error)}; ${move.server.name} serves on at ${source}`;
+  return new RpcmigError('MIGRATION_FAILED', message, { step: move.step, ...(cause ? { cause } : {}) });
+}
+
+function describe(error: unknown): string {
+  if (error instanceof RpcmigError) return `${error.code}: ${error.message}`;
+  return error instanceof Error ? error.message : String(error);
+}
+
+interface Deferred<T> {
+  promise: Promise<T>;
+  resolve(value: T): void;
+  reject(error: Error): void;
+}
+
+function deferred<T>(): Deferred<T> {
+  let resolve!: (value: T) => void;
+  let reject!: (error: Error) => void;
+  const promise = new Promise<T>((yes, no) => ((resolve = yes), (reject = no)));
+  promise.catch(() => undefined);
+  return { promise, resolve, reject };
+}

@@ -1,0 +1,100 @@
+// Hosts for migration tests on loopback: daemons on port 0 with their own spools, servers
+// registered with them, the CLI run without blocking (clients in the test keep calling), and
+// the cleanup of servers that daemons started, by the pids their daemons list.
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { CLI, cleanEnv, startDaemonProcess, tempDir, writeKey, type CliResult, type DaemonProcess } from './daemon.js';
+import { ROOT, startNode, stop, waitFor, isAlive, type Started } from './process.js';
+
+export const FIXTURES = join(ROOT, 'fixtures', 'dist');
+export const RDICT = join(FIXTURES, 'rdict', 'server.js');
+export const COUNTER = join(FIXTURES, 'counter', 'server.js');
+
+export interface Listing {
+  servers: Array<{ name: string; pid: number; address: string; state: string }>;
+  forwards: Array<{ name: string; to: string }>;
+}
+
+export class Cluster {
+  readonly dir = tempDir();
+  readonly key = writeKey(this.dir);
+  readonly daemons: DaemonProcess[] = [];
+  /** Pids of servers seen on any daemon: ended by `close`. */
+  private readonly servers = new Set<number>();
+
+  /** Starts a daemon with its own spool; `env` reaches the daemon (and what it starts). */
+  async daemon(env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
+    const daemon = await startDaemonProcess(this.key.file, join(this.dir, `host${this.daemons.length}`), env);
+    this.daemons.push(daemon);
+    return daemon;
+  }
+
+  /** Starts `node script ...args` registered with `daemon`; resolves once it listens. */
+  async server(script: string, daemon: DaemonProcess, args: string[] = []): Promise<Started> {
+    const env = cleanEnv({ RPCMIG_DAEMON: daemon.address, RPCMIG_KEY_FILE: this.key.file });
+    const started = await startNode(script, { args, env, cwd: join(ROOT, 'fixtures') });
+    this.servers.add(started.pid);
+    return started;
+  }
+
+  /** `rpcmig ...args` with this cluster's key, run to completion without blocking the test. */
+  cli(args: string[], env: NodeJS.ProcessEnv = {}, timeout = 60_000): Promise<CliResult> {
+    const child = spawn(process.execPath, [CLI, ...args], { cwd: ROOT, env: cleanEnv({ RPCMIG_KEY_FILE: this.key.file, ...env }) });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
+    child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeout);
+    return new Promise((resolve) => child.once('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    }));
+  }
+
+  async migrate(name: string, from: DaemonProcess, to: DaemonProcess, extra: string[] = []): Promise<CliResult> {
+    return this.cli(['migrate', name, '--daemon', from.address, '--to', to.address, '--json', ...extra]);
+  }
+
+  async ls(daemon: DaemonProcess): Promise<Listing> {
+    const result = await this.cli(['ls', '--daemon', daemon.address, '--json']);
+    if (result.code !== 0) throw new Error(`ls failed: ${result.stderr}`);
+    const listing = JSON.parse(result.stdout) as Listing;
+    for (const server of listing.servers) this.servers.add(server.pid);
+    return listing;
+  }
+
+  /** The server `name` as `daemon` lists it, waiting (bounded) for it to be there and serving. */
+  async serving(daemon: DaemonProcess, name: string, timeout = 5000): Promise<Listing['servers'][number]> {
+    let found: Listing['servers'][number] | undefined;
+    const deadline = Date.now() + timeout;
+    for (let round = 0; round < 100 && Date.now() < deadline; round++) {
+      found = (await this.ls(daemon)).servers.find((s) => s.name === name && s.state === 'serving');
+      if (found) return found;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    throw new Error(`${name} is not serving on the daemon at ${daemon.address}`);
+  }
+
+  /** Ends every server seen (the daemons started some of them, detached) and every daemon. */
+  async close(): Promise<void> {
+    for (const daemon of this.daemons) await this.ls(daemon).catch(() => undefined);
+    for (const pid of this.servers) {
+      await stop(pid);
+      if (isAlive(pid)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone meanwhile
+        }
+      }
+      await waitFor(() => !isAlive(pid), 3000);
+    }
+    await Promise.all(this.daemons.map((daemon) => stop(daemon.pid)));
+  }
+}
+
+/** Parses `rpcmig migrate --json` output, failing with its stderr. */
+export function breakdown(result: CliResult): Record<string, number | string> {
+  if (result.code !== 0) throw new Error(`migrate exited ${result.code}: ${result.stderr}`);
+  return JSON.parse(result.stdout) as Record<string, number | string>;
+}

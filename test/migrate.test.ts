@@ -1,0 +1,269 @@
+// Live migration on loopback, two and three daemons (DESIGN §3): state and call counts exact
+// after moves there and back, every call exactly once under load, the calls around the order,
+// redirects and forwarding entries, the program cache, and every abort leaving the source
+// serving with its state and the destination clean.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect, type Client } from '../runtime/index.js';
+import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
+import { writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
+import { isAlive, stop, waitFor } from './helpers/process.js';
+
+/** The procedures of fixtures/counter and fixtures/rdict (ESM programs, typed here by hand). */
+interface Counter {
+  incr(by?: number): number;
+  get(): number;
+  slow(ms: number): number;
+  where(): { pid: number; moves: number; startedAt: number[] };
+}
+interface Rdict {
+  insert(word: string, meaning: string): boolean;
+  lookup(word: string): string | null;
+  stats(): { words: number; lookups: number };
+}
+
+const cluster = new Cluster();
+let a: DaemonProcess;
+let b: DaemonProcess;
+const clients: Array<{ close(): Promise<void> }> = [];
+let names = 0;
+
+test.before(async () => {
+  a = await cluster.daemon();
+  b = await cluster.daemon();
+});
+test.after(async () => {
+  await Promise.all(clients.map((client) => client.close()));
+  await cluster.close();
+});
+
+async function counterOn(daemon: DaemonProcess, args: string[] = []): Promise<{ name: string; pid: number; client: Client<Counter> }> {
+  const name = `counter${names++}`;
+  const started = await cluster.server(COUNTER, daemon, ['--name', name, ...args]);
+  const client = await connect<Counter>(name, { daemon: daemon.address, keyFile: cluster.key.file });
+  clients.push(client);
+  return { name, pid: started.pid, client };
+}
+
+const spool = (daemon: DaemonProcess, ...parts: string[]) => join(cluster.dir, `host${cluster.daemons.indexOf(daemon)}`, 'spool', ...parts);
+const entries = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
+
+test('rdict moves to B and back: every word and the lookup count arrive exactly', async () => {
+  await cluster.server(RDICT, a);
+  const dict = await connect<Rdict>('rdict', { daemon: a.address, keyFile: cluster.key.file });
+  clients.push(dict);
+  for (let i = 0; i < 1000; i++) await dict.insert(`word${i}`, `meaning ${i}`);
+  for (let i = 0; i < 10; i++) assert.is(await dict.lookup(`word${i * 7}`), `meaning ${i * 7}`);
+  const there = breakdown(await cluster.migrate('rdict', a, b, ['--grace', '1']));
+  for (const field of ['quiesce_ms', 'snapshot_ms', 'copy_ms', 'start_ms', 'total_ms', 'pause_ms', 'state_bytes', 'program_bytes_sent']) {
+    assert.type(there[field], 'number', field);
+  }
+  assert.is(there.from, a.address);
+  assert.is(there.to, b.address);
+  assert.ok((there.state_bytes as number) > 1000 * 10, `state_bytes ${there.state_bytes}`);
+  assert.is(await dict.lookup('word999'), 'meaning 999');
+  assert.equal(await dict.stats(), { words: 1000, lookups: 11 });
+  assert.is((await cluster.serving(b, 'rdict')).address, there.address);
+  assert.equal((await cluster.ls(a)).forwards, [{ name: 'rdict', to: there.address }]);
+  const back = breakdown(await cluster.migrate('rdict', b, a, ['--grace', '1']));
+  assert.is(await dict.lookup('word0'), 'meaning 0');
+  assert.equal(await dict.stats(), { words: 1000, lookups: 12 });
+  assert.is((await cluster.serving(a, 'rdict')).address, back.address);
+  assert.equal((await cluster.ls(a)).forwards, [], 'the forward ends when the server lives here again');
+  assert.equal(entries(spool(a, 'leaving')), [], 'the source deleted its state file');
+  assert.equal(entries(spool(b, 'arriving')), [], 'the destination deleted its state file');
+});
+
+test('exactly once: 8 clients pipelining increments while the counter moves A->B->A->B', async () => {
+  const { name, client } = await counterOn(a);
+  const callers = await Promise.all(Array.from({ length: 8 }, () => connect<Counter>(name, { daemon: a.address, keyFile: cluster.key.file })));
+  clients.push(...callers);
+  let acknowledged = 0;
+  const errors: string[] = [];
+  let running = true;
+  const load = callers.map(async (caller) => {
+    for (let round = 0; running && round < 100_000; round++) {
+      const batch = Array.from({ length: 16 }, () => caller.incr(1));
+      for (const outcome of await Promise.allSettled(batch)) {
+        if (outcome.status === 'fulfilled') acknowledged++;
+        else errors.push(String(outcome.reason));
+      }
+    }
+  });
+  const hops: Array<[DaemonProcess, DaemonProcess]> = [[a, b], [b, a], [a, b]];
+  for (const [from, to] of hops) {
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    breakdown(await cluster.migrate(name, from, to, ['--grace', '2']));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  running = false;
+  await Promise.all(load);
+  assert.equal(errors, [], 'no client saw an error');
+  assert.ok(acknowledged > 1000, `only ${acknowledged} increments`);
+  assert.is(await client.get(), acknowledged);
+  assert.is((await client.where()).moves, 3);
+});
+
+test('a call executing at the order replies from the source; one arriving mid-move runs once, at the destination', async () => {
+  const { name, client, pid } = await counterOn(a);
+  const slow = client.slow(1500);
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const moving = cluster.migrate(name, a, b, ['--grace', '1']);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const during = client.where();
+  assert.is(await slow, 1);
+  const arrived = await during;
+  assert.is.not(arrived.pid, pid, 'the call held during the move ran at the destination');
+  const figures = breakdown(await moving);
+  assert.ok((figures.quiesce_ms as number) > 1000, `quiesce_ms ${figures.quiesce_ms} waited for the slow call`);
+  assert.is(await client.incr(1), 2);
+  assert.is(await client.get(), 2);
+});
+
+test('a client connected before the move follows MOVED; after the grace period it finds the server through the forward', async () => {
+  const { name, client, pid } = await counterOn(a);
+  await client.incr(5);
+  const figures = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.5']));
+  assert.is(await client.incr(1), 6);
+  assert.ok(await waitFor(() => !isAlive(pid), 5000), 'the old process exits after its grace period');
+  const fresh = await connect<Counter>(name, { daemon: a.address, keyFile: cluster.key.file });
+  clients.push(fresh);
+  assert.is(await fresh.get(), 6, 'a fresh client resolving at the old daemon arrives');
+  const late = await counterOn(a);
+  await late.client.incr(2);
+  breakdown(await cluster.migrate(late.name, a, b, ['--grace', '0.2']));
+  assert.ok(await waitFor(() => !isAlive(late.pid), 5000));
+  assert.is(await late.client.get(), 2, 'a client whose server exited asks the daemon again');
+  assert.is((await cluster.ls(a)).forwards.find((f) => f.name === name)?.to, figures.address);
+});
+
+test('A->B->C leaves a chain that a client starting at A still follows', async () => {
+  const c = await cluster.daemon();
+  const { name, client } = await counterOn(a);
+  await client.incr(3);
+  breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
+  const last = breakdown(await cluster.migrate(name, b, c, ['--grace', '0.2']));
+  const fresh = await connect<Counter>(name, { daemon: a.address, keyFile: cluster.key.file });
+  clients.push(fresh);
+  assert.is(await fresh.incr(1), 4);
+  assert.is((await fresh.where()).pid, (await cluster.serving(c, name)).pid);
+  assert.is((await cluster.serving(c, name)).address, last.address);
+});
+
+test('the second move of the same program to a host sends no program bytes', async () => {
+  const { name } = await counterOn(a);
+  const first = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
+  breakdown(await cluster.migrate(name, b, a, ['--grace', '0.2']));
+  const again = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
+  assert.is(again.program_bytes_sent, 0);
+  assert.ok((first.program_bytes_sent as number) >= 0);
+});
+
+/** After a failed move: the source serves the same state, the destination holds nothing of it. */
+async function assertRolledBack(name: string, client: Client<Counter>, pid: number, count: number, to?: DaemonProcess): Promise<void> {
+  assert.is((await cluster.serving(a, name)).pid, pid);
+  assert.is(await client.get(), count);
+  assert.is(await client.incr(1), count + 1);
+  assert.is((await client.where()).pid, pid);
+  if (to) {
+    assert.is((await cluster.ls(to)).servers.find((s) => s.name === name), undefined);
+    assert.equal(entries(spool(to, 'arriving')), []);
+  }
+  assert.equal(entries(spool(a, 'leaving')), []);
+}
+
+function assertFailed(result: { code: number | null; stdout: string; stderr: string }, step: string, reason: RegExp): void {
+  assert.is(result.code, 9, result.stderr);
+  assert.is(result.stdout, '');
+  assert.match(result.stderr, new RegExp(`^rpcmig migrate: MIGRATION_FAILED: ${step} failed: `));
+  assert.match(result.stderr, reason);
+  assert.match(result.stderr, /serves on at /);
+}
+
+test('abort: no daemon at the destination', async () => {
+  const { name, client, pid } = await counterOn(a);
+  await client.incr(7);
+  const result = await cluster.cli(['migrate', name, '--daemon', a.address, '--to', '127.0.0.1:1', '--json']);
+  assertFailed(result, 'prepare', /NO_DAEMON: no daemon at 127\.0\.0\.1:1/);
+  await assertRolledBack(name, client, pid, 7);
+});
+
+test('abort: the destination holds another key', async () => {
+  const other = writeKey(cluster.dir, 'other.key');
+  const stranger = await startDaemonProcess(other.file, join(cluster.dir, 'stranger'));
+  try {
+    const { name, client, pid } = await counterOn(a);
+    await client.incr(2);
+    assertFailed(await cluster.migrate(name, a, stranger), 'prepare', /AUTH_FAILED/);
+    await assertRolledBack(name, client, pid, 2);
+  } finally {
+    await stop(stranger.pid);
+  }
+});
+
+test('abort: the program fails to restore at the destination; its log says why', async () => {
+  const { name, client, pid } = await counterOn(a, ['--fail-restore']);
+  await client.incr(4);
+  assertFailed(await cluster.migrate(name, a, b), 'start', /exited with code 3 before it served; its log ends:\ncounter: --fail-restore/);
+  await assertRolledBack(name, client, pid, 4, b);
+});
+
+test('abort: the restored program never serves (time-out); the destination ends it', async () => {
+  const slowStart = await cluster.daemon({ RPCMIG_START_TIMEOUT_MS: '1500' });
+  const { name, client, pid } = await counterOn(a, ['--hang-restore']);
+  await client.incr(1);
+  const started = Date.now();
+  assertFailed(await cluster.migrate(name, a, slowStart), 'start', /did not serve within 1500 ms/);
+  assert.ok(Date.now() - started < 30_000);
+  await assertRolledBack(name, client, pid, 1, slowStart);
+  const logs = entries(spool(slowStart, 'logs')).filter((file) => file.startsWith(name));
+  assert.is(logs.length, 1);
+});
+
+test('abort: the destination daemon dies during the move; calls held meanwhile run at the source', async () => {
+  const doomed = await cluster.daemon();
+  const { name, client, pid } = await counterOn(a);
+  await client.incr(10);
+  const slow = client.slow(800);
+  const moving = cluster.migrate(name, a, doomed);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const held = client.incr(1);
+  await stop(doomed.pid, 'SIGKILL');
+  const result = await moving;
+  assert.is(result.code, 9, result.stderr);
+  assert.match(result.stderr, /MIGRATION_FAILED: (prepare|signal|quiesce|copy|start) failed: /);
+  assert.is(await slow, 11);
+  assert.is(await held, 12);
+  await assertRolledBack(name, client, pid, 12);
+});
+
+test('one migration at a time; and never to the host the server is on', async () => {
+  const { name, client, pid } = await counterOn(a);
+  const slow = client.slow(1000);
+  const first = cluster.migrate(name, a, b, ['--grace', '0.2']);
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  const second = await cluster.migrate(name, a, b);
+  assert.is(second.code, 9);
+  assert.match(second.stderr, new RegExp(`^rpcmig migrate: MIGRATION_FAILED: order refused: ${name} is already migrating\\n$`));
+  breakdown(await first);
+  assert.is(await slow, 1);
+  const self = await cluster.migrate(name, b, b);
+  assertFailed(self, 'order', new RegExp(`${name} already lives on the daemon at ${b.address.replace(/\./g, '\\.')}`));
+  assert.is(await client.get(), 1);
+  void pid;
+});
+
+test('SIGUSR2 from outside, with no order pending, is ignored with a log line', async () => {
+  const started = await cluster.server(COUNTER, a, ['--name', 'signalled']);
+  const client = await connect<Counter>('signalled', { daemon: a.address, keyFile: cluster.key.file });
+  clients.push(client);
+  await client.incr(1);
+  process.kill(started.pid, 'SIGUSR2');
+  assert.ok(await waitFor(() => started.stderr().includes('SIGUSR2 with no migration order pending; ignored'), 3000), started.stderr());
+  assert.ok(isAlive(started.pid));
+  assert.is(await client.incr(1), 2);
+});
+
+test.run();
