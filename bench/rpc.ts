@@ -3,12 +3,10 @@
 // Prints a table and writes its section of bench/RESULTS.md.
 //   node dist/bench/rpc.js                  the benchmark
 //   node dist/bench/rpc.js serve SYSTEM     one server (what the benchmark starts)
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
-import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { ROOT, startNode, stop, type Started } from '../test/helpers/process.js';
-import { SYSTEMS, type Caller, type System } from './rpc-systems.js';
+import { startNode, stop, type Started } from '../test/helpers/process.js';
+import { machine, writeSection } from './results.js';
+import { SYSTEMS, type Caller } from './rpc-systems.js';
 
 interface Row {
   label: string;
@@ -85,11 +83,6 @@ async function measureRow(row: Row, addresses: Map<string, string>): Promise<Map
   return new Map(RUN.map((system) => [system.name, summarise(tallies.get(system.name)!)]));
 }
 
-function machine(): string {
-  const list = cpus();
-  return `${list[0]?.model.trim() ?? 'unknown cpu'}, ${list.length} cores, Node ${process.version}`;
-}
-
 function table(results: Map<string, Map<string, Result>>): string {
   const lines = ['| row | system | calls/s | p50 µs | p99 µs | calls/s ÷ rpcmig |', '| --- | --- | ---: | ---: | ---: | ---: |'];
   for (const [label, bySystem] of results) {
@@ -100,17 +93,6 @@ function table(results: Map<string, Map<string, Result>>): string {
     }
   }
   return lines.join('\n');
-}
-
-function writeSection(markdown: string): void {
-  const path = join(ROOT, 'bench', 'RESULTS.md');
-  const [open, close] = ['<!-- bench:rpc -->', '<!-- /bench:rpc -->'];
-  const section = `${open}\n${markdown}\n${close}`;
-  const old = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmark results\n';
-  const start = old.indexOf(open);
-  const end = old.indexOf(close);
-  const next = start >= 0 && end > start ? old.slice(0, start) + section + old.slice(end + close.length) : `${old.trimEnd()}\n\n${section}\n`;
-  writeFileSync(path, next);
 }
 
 async function main(): Promise<void> {
@@ -129,7 +111,7 @@ async function main(): Promise<void> {
   const text = table(results);
   process.stdout.write(`${text}\n`);
   if (ONLY) return;
-  writeSection([
+  writeSection('rpc', [
     '## bench/rpc — calls/s and latency of `add(a, b)`: rpcmig vs @grpc/grpc-js unary vs node:http JSON POST',
     '',
     `Machine: ${machine()}. Command: \`node dist/bench/rpc.js\`. Each server in its own process, the`,
