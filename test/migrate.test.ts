@@ -139,6 +139,23 @@ test('a client connected before the move follows MOVED; after the grace period i
   assert.is((await cluster.ls(a)).forwards.find((f) => f.name === name)?.to, figures.address);
 });
 
+test('a forwarding entry survives a restart of the source daemon', async () => {
+  const source = await cluster.daemon();
+  const { name, client } = await counterOn(source);
+  await client.incr(9);
+  const figures = breakdown(await cluster.migrate(name, source, b, ['--grace', '0.2']));
+  await stop(source.pid);
+  const again = await startDaemonProcess(cluster.key.file, join(cluster.dir, `host${cluster.daemons.indexOf(source)}`));
+  try {
+    assert.equal((await cluster.ls(again)).forwards, [{ name, to: figures.address }]);
+    const fresh = await connect<Counter>(name, { daemon: again.address, keyFile: cluster.key.file });
+    clients.push(fresh);
+    assert.is(await fresh.get(), 9);
+  } finally {
+    await stop(again.pid);
+  }
+});
+
 test('A->B->C leaves a chain that a client starting at A still follows', async () => {
   const c = await cluster.daemon();
   const { name, client } = await counterOn(a);
