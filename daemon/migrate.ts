@@ -258,7 +258,7 @@ function failure(move: Move, error: unknown, source: string): RpcmigError {
 }
 
 function describe(error: unknown): string {
-  if (error instanceof RpcmigError) return `${error.code}: ${error.message}`;
+  if (error instanceof RpcmigError) return error.code === 'MIGRATION_FAILED' ? error.message : `${error.code}: ${error.message}`;
   return error instanceof Error ? error.message : String(error);
 }
 
