@@ -105,7 +105,8 @@ function main(): void {
     '',
     `Machine: ${cpu[0].model}, ${cpu.length} cores, Node ${process.version}. Command: \`node dist/bench/state.js\`. ` +
       `Median of ${RUNS} alternating runs after one warm-up, GC before each timed step. rpcmig capture = ` +
-      'survey + msgpackr pack + SHA-256 + header; restore = header + SHA-256 check + unpack.',
+      'survey + msgpackr pack (a large Map of strings: V8\'s serializer) + SHA-256 + header; restore = header + ' +
+      'SHA-256 check + unpack (string tables: read by rpcmig itself).',
     '',
     ...table,
     '',

@@ -3,10 +3,13 @@
 // RPCMIG_RESTORE and answers once the restored server has registered here.
 import { randomBytes } from 'node:crypto';
 import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
-import { join, posix } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join, posix, relative } from 'node:path';
 import { within } from '../runtime/daemonlink.js';
 import { RpcmigError } from '../runtime/errors.js';
-import { launch, tail } from './launch.js';
+import { STANDBY_ENV } from '../runtime/state.js';
+import { deferred, type Deferred } from './deferred.js';
+import { launch, tail, type Launched } from './launch.js';
 import { checkName, type Server } from './names.js';
 import { BlobReceiver, BlobStore, manifestId, materialize, validateManifest, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
@@ -42,6 +45,8 @@ interface Arrival extends Shipment {
   receiver: BlobReceiver;
   state: StateWriter;
   pid?: number;
+  /** The process started ahead of the state, and the hand-over it waits for. */
+  standby?: { launched: Launched; log: string; called: Deferred<void>; handOver: Deferred<string> };
 }
 
 /** How long a started server has to restore and register. */
@@ -90,35 +95,88 @@ export class Arrivals {
     return this.receiving(id).state.write(offset as number, bytes, final);
   }
 
-  /** Materialises the program, starts it and waits until it registered: `{ address, pid }`. */
+  /**
+   * Step 2's head start: the program is in place, so its standby starts now (see
+   * runtime/standby.ts) and waits for the state; resolves once it is ready. A program whose
+   * rpcmig has no standby bootstrap is started cold at the start step instead.
+   */
+  async prestart(id: unknown): Promise<{ standby: boolean }> {
+    const arrival = this.receiving(id);
+    if (arrival.standby) return { standby: true };
+    const program = await this.program(arrival.manifest, arrival.id);
+    const bootstrap = standbyScript(join(program, arrival.entry));
+    if (bootstrap === undefined) return { standby: false };
+    const log = await this.logFile(arrival);
+    const launched = launch({
+      program, entry: relative(program, bootstrap), cwd: arrival.cwd, argv: [join(program, arrival.entry), ...arrival.argv],
+      execArgv: arrival.execArgv, log, env: { ...this.ctx.serverEnv, [STANDBY_ENV]: arrival.id },
+    });
+    arrival.pid = launched.pid;
+    const standby = { launched, log, called: deferred<void>(), handOver: deferred<string>() };
+    arrival.standby = standby;
+    this.ctx.log(`migration ${arrival.id}: standby for ${arrival.name} pid ${launched.pid} (log ${log})`);
+    // Ready before the source is signalled, so that its start-up is not part of the pause.
+    const died = launched.exited.then((how) => Promise.reject(refuseMigration(`the standby ${how}${lastWords(log)}`)));
+    const late = () => refuseMigration(`the standby was not ready within ${START_TIMEOUT_MS} ms${lastWords(log)}`);
+    await within(START_TIMEOUT_MS, Promise.race([standby.called.promise, died]), late);
+    return { standby: true };
+  }
+
+  /** The `standby` method: a standby process waits here for its state file. */
+  async standing(id: unknown): Promise<{ statePath: string }> {
+    const standby = this.arrivals.get(String(id))?.standby;
+    if (!standby) throw refuseMigration(`no standby awaited for migration ${JSON.stringify(id)}`);
+    standby.called.resolve();
+    return { statePath: await standby.handOver.promise };
+  }
+
+  /** Starts the restored server (hands the state to the standby, or starts cold); waits until it registered. */
   async start(id: unknown): Promise<{ address: string; pid: number }> {
     const arrival = this.receiving(id);
     if (!arrival.state.complete) throw refuseMigration('the state file has not arrived whole');
     arrival.phase = 'starting';
-    const program = await this.program(arrival.manifest, arrival.id);
-    const log = join(this.ctx.spool, 'logs', `${arrival.name}-${arrival.id}.log`);
-    await mkdir(join(this.ctx.spool, 'logs'), { recursive: true, mode: 0o700 });
     const registered = new Promise<string>((resolve) => this.awaited.set(arrival.name, { pid: 0, registered: resolve }));
-    const started = launch({
-      program, entry: arrival.entry, cwd: arrival.cwd, argv: arrival.argv, execArgv: arrival.execArgv, log,
-      env: { ...this.ctx.serverEnv, RPCMIG_RESTORE: arrival.state.path },
-    });
-    arrival.pid = started.pid;
-    this.awaited.get(arrival.name)!.pid = started.pid;
-    this.ctx.log(`migration ${arrival.id}: started ${arrival.name} pid ${started.pid} (log ${log})`);
+    let started: Launched | undefined;
     try {
-      const died = started.exited.then((how) => Promise.reject(refuseMigration(`the server ${how} before it served${lastWords(log)}`)));
+      const { launched, log } = arrival.standby ?? await this.coldStart(arrival);
+      started = launched;
+      this.awaited.get(arrival.name)!.pid = launched.pid;
+      const died = launched.exited.then((how) => Promise.reject(refuseMigration(`the server ${how} before it served${lastWords(log)}`)));
       const late = () => refuseMigration(`the server did not serve within ${START_TIMEOUT_MS} ms${lastWords(log)}`);
-      const address = await within(START_TIMEOUT_MS, Promise.race([registered, died]), late);
+      const serving = (async () => {
+        if (arrival.standby) {
+          await Promise.race([arrival.standby.called.promise, died]);
+          arrival.standby.handOver.resolve(arrival.state.path);
+        }
+        return Promise.race([registered, died]);
+      })();
+      const address = await within(START_TIMEOUT_MS, serving, late);
       arrival.phase = 'started';
       await rm(arrival.dir, { recursive: true, force: true });
-      return { address, pid: started.pid };
+      return { address, pid: launched.pid };
     } catch (error) {
-      kill(started.pid);
+      if (started) kill(started.pid);
       throw error;
     } finally {
       this.awaited.delete(arrival.name);
     }
+  }
+
+  private async coldStart(arrival: Arrival): Promise<{ launched: Launched; log: string }> {
+    const program = await this.program(arrival.manifest, arrival.id);
+    const log = await this.logFile(arrival);
+    const launched = launch({
+      program, entry: arrival.entry, cwd: arrival.cwd, argv: arrival.argv, execArgv: arrival.execArgv, log,
+      env: { ...this.ctx.serverEnv, RPCMIG_RESTORE: arrival.state.path },
+    });
+    arrival.pid = launched.pid;
+    this.ctx.log(`migration ${arrival.id}: started ${arrival.name} pid ${launched.pid} (log ${log})`);
+    return { launched, log };
+  }
+
+  private async logFile(arrival: Arrival): Promise<string> {
+    await mkdir(join(this.ctx.spool, 'logs'), { recursive: true, mode: 0o700 });
+    return join(this.ctx.spool, 'logs', `${arrival.name}-${arrival.id}.log`);
   }
 
   /** Called for every registration: the server a migration started has arrived. */
@@ -141,6 +199,7 @@ export class Arrivals {
     if (!arrival) return;
     this.arrivals.delete(arrival.id);
     if (arrival.pid !== undefined) kill(arrival.pid);
+    arrival.standby?.handOver.reject(refuseMigration(`migration aborted: ${reason}`));
     await arrival.receiver.abort().catch(() => undefined);
     await arrival.state.discard();
     await rm(arrival.dir, { recursive: true, force: true });
@@ -241,5 +300,14 @@ function kill(pid: number): void {
     process.kill(pid, 'SIGKILL');
   } catch {
     // already gone
+  }
+}
+
+/** The program's own standby bootstrap (`rpcmig/standby`), resolved as its entry would resolve it. */
+function standbyScript(entry: string): string | undefined {
+  try {
+    return createRequire(entry).resolve('rpcmig/standby', { paths: [dirname(entry)] });
+  } catch {
+    return undefined;
   }
 }

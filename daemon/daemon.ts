@@ -119,10 +119,13 @@ class NameDaemon implements Daemon {
     // the destination's half, called by the source daemon
     prepare: (peer, [shipment]) => this.arrivals.prepare(peer, shipment),
     blob: (_peer, params) => this.arrivals.blob(params),
+    prestart: (_peer, [id]) => this.arrivals.prestart(id),
     state: (_peer, params) => this.arrivals.state(params),
     start: (_peer, [id]) => this.arrivals.start(id),
     commit: (_peer, [id]) => this.arrivals.commit(id),
     abort: (_peer, [id, reason]) => this.arrivals.abort(id, String(reason)),
+    // a moved server's standby, waiting for its state
+    standby: (_peer, [id]) => this.arrivals.standing(id),
   };
 
   constructor(private readonly server: NetServer, readonly address: Address, private readonly options: DaemonOptions, store: BlobStore) {

@@ -10,6 +10,7 @@ import { openDaemon, parseAddress, within, type DaemonLink } from '../runtime/da
 import { RpcmigError } from '../runtime/errors.js';
 import type { Order, SnapshotReport } from '../runtime/migrating.js';
 import { WHEREIS } from '../runtime/server.js';
+import { deferred, type Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
 import type { Names, Server } from './names.js';
 import { buildManifest, sendBlobs, sendFile, type Manifest } from './transfer.js';
@@ -141,7 +142,10 @@ export class Coordinator {
     return move;
   }
 
-  /** Step 2: the destination gets the program's manifest and the blobs it lacks. */
+  /**
+   * Step 2: the destination gets the program's manifest and the blobs it lacks, and starts
+   * the program's standby, so that Node's start-up overlaps the quiesce.
+   */
   private async prepare(move: Move): Promise<void> {
     move.step = 'prepare';
     const link = await openDaemon(move.to, this.ctx.key, { timeout: STEP_TIMEOUT_MS });
@@ -164,6 +168,7 @@ export class Coordinator {
     const { lacking } = (await this.call(move, 'prepare', [shipment])) as { lacking: string[] };
     move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking);
     move.figures.copy_ms += performance.now() - started;
+    await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);
   }
 
   private ship(move: Move, root: string, manifest: Manifest, lacking: string[]): Promise<number> {
@@ -260,18 +265,4 @@ function failure(move: Move, error: unknown, source: string): RpcmigError {
 function describe(error: unknown): string {
   if (error instanceof RpcmigError) return error.code === 'MIGRATION_FAILED' ? error.message : `${error.code}: ${error.message}`;
   return error instanceof Error ? error.message : String(error);
-}
-
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve(value: T): void;
-  reject(error: Error): void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (error: Error) => void;
-  const promise = new Promise<T>((yes, no) => ((resolve = yes), (reject = no)));
-  promise.catch(() => undefined);
-  return { promise, resolve, reject };
 }

@@ -9,7 +9,12 @@
 // `classes` = [object, classKey | null, ...] (null: a null prototype), `patches` =
 // [container, key, code, data, ...]. Graphs with none of these (the common, large case) skip
 // reference tracking, which costs about a third of msgpackr's packing time.
-import { Packr, Unpackr } from 'msgpackr';
+//
+// msgpackr encodes short strings one character at a time, so a large Map of strings (the
+// usual big variable) goes after the message as a string table instead (see below): the body
+// is `u32 message length, message, table, table, ...`.
+import { Serializer, serialize } from 'node:v8';
+import { addExtension, Packr, RESERVE_START_SPACE, Unpackr } from 'msgpackr';
 
 export interface CodecOptions {
   /** Track object identity (shared references and cycles); slower. */
@@ -46,26 +51,46 @@ export type AdoptInstance = (instance: object, classKey: string | null) => void;
 const HOLE = 0;
 const NEGATIVE_ZERO = 1;
 const UTF16_STRING = 2;
+/** the message length in front of the body */
+const LENGTH_BYTES = 4;
 
 const plainPackr = createPackr();
 const referencePackr = createPackr({ structuredClone: true });
 const graphUnpackr = createUnpackr({ structuredClone: true });
 
 /**
- * Encodes a graph with every supported type intact. The result is a view into the packer's
+ * Encodes a graph with every supported type intact. The result may be a view into the packer's
  * buffer: copy it before the next call.
  */
 export function encodeGraph(root: object, classKeyOf: ClassKeyOf): Uint8Array {
   const survey = new Survey(classKeyOf);
   survey.object(root);
+  const tables: Map<unknown, unknown>[] = [];
+  const graph = withTables(root, survey, tables);
   const { shared, classes, patches } = survey;
   const packr = shared || classes.length > 0 || patches.length > 0 ? referencePackr : plainPackr;
-  return packr.pack([root, classes, patches]);
+  const message = packr.pack([graph, classes, patches], RESERVE_START_SPACE | LENGTH_BYTES);
+  Buffer.from(message.buffer, message.byteOffset, LENGTH_BYTES).writeUInt32BE(message.length - LENGTH_BYTES);
+  if (tables.length === 0) return message;
+  // one growing buffer for everything: V8 copies each string whole, where msgpackr goes by character
+  const body = new Serializer();
+  body.writeRawBytes(message);
+  for (const table of tables) body.writeValue(table);
+  return body.releaseBuffer();
 }
 
 /** Decodes what encodeGraph wrote; hands class instances to `adopt`. */
 export function decodeGraph(bytes: Uint8Array, adopt: AdoptInstance): unknown {
-  const [root, classes, patches] = graphUnpackr.unpack(bytes) as [unknown, unknown[], unknown[]];
+  const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const messageEnd = LENGTH_BYTES + view.readUInt32BE(0);
+  tablesRead = readTables(view, messageEnd);
+  let graph: [unknown, unknown[], unknown[]];
+  try {
+    graph = graphUnpackr.unpack(view.subarray(LENGTH_BYTES, messageEnd));
+  } finally {
+    tablesRead = [];
+  }
+  const [root, classes, patches] = graph;
   for (let i = 0; i < patches.length; i += 4) {
     applyPatch(patches[i] as Container, patches[i + 1], patches[i + 2] as number, patches[i + 3]);
   }
@@ -94,12 +119,26 @@ function isNegativeZero(value: number): boolean {
   return value === 0 && 1 / value < 0;
 }
 
+/** A Map found in value position whose entries all fit a string table. */
+interface TableCandidate {
+  /** container, key, container, key, ... from the root down to the Map */
+  path: unknown[];
+  map: Map<unknown, unknown>;
+}
+
 /** One walk over the graph: identity, class instances, and the values msgpackr would alter. */
 class Survey {
   readonly seen = new Set<object>();
+  /** Objects reached more than once: shared references and cycles. */
+  readonly repeated = new Set<object>();
   readonly classes: unknown[] = [];
   readonly patches: unknown[] = [];
+  readonly tables: TableCandidate[] = [];
   shared = false;
+  /** container, key pairs down to the object being surveyed */
+  private readonly path: unknown[] = [];
+  /** > 0 inside a Map key or Set member, which cannot be swapped for a copy */
+  private keyDepth = 0;
 
   constructor(private readonly classKeyOf: ClassKeyOf) {}
 
@@ -114,7 +153,10 @@ class Survey {
         }
         return;
       case 'object':
-        if (value !== null) this.object(value);
+        if (value === null) return;
+        this.path.push(container, key);
+        this.object(value);
+        this.path.length -= 2;
         return;
       case 'function':
       case 'symbol':
@@ -127,12 +169,16 @@ class Survey {
     if (typeof key === 'string' && !isWellFormed(key)) {
       throw new Error(`rpcmig: a key with a lone surrogate cannot be saved: ${JSON.stringify(key)}`);
     }
-    if (typeof key === 'object' && key !== null) this.object(key);
+    if (typeof key !== 'object' || key === null) return;
+    this.keyDepth++;
+    this.object(key);
+    this.keyDepth--;
   }
 
   object(object: object): void {
     if (this.seen.has(object)) {
       this.shared = true;
+      this.repeated.add(object);
       return;
     }
     this.seen.add(object);
@@ -160,6 +206,13 @@ class Survey {
   }
 
   private map(map: Map<unknown, unknown>): void {
+    if (map.size >= TABLE_MIN_ENTRIES && this.keyDepth === 0 && TABLES_WORK && isStringMap(map)) {
+      return void this.tables.push({ path: this.path.slice(), map });
+    }
+    this.entries(map);
+  }
+
+  entries(map: Map<unknown, unknown>): void {
     for (const [key, value] of map) {
       this.key(key);
       this.value(value, map, key);
@@ -183,8 +236,159 @@ class Survey {
   }
 }
 
+/**
+ * The graph to pack: `root` with each table candidate's Map replaced by a TableRef, the Map
+ * itself pushed to `tables`; a candidate not used is surveyed entry by entry after all. The containers on the way are copied, never changed; a candidate
+ * is used only if neither it nor any container on its path is reached twice, so each copy
+ * stands for an object with exactly one reference and identity is kept. The side tables are
+ * pointed at the copies.
+ */
+function withTables(root: object, survey: Survey, tables: Map<unknown, unknown>[]): unknown {
+  const { repeated, classes, patches } = survey;
+  const copies = new Map<object, object>();
+  const copyOf = (object: object) => copies.get(object) ?? copies.set(object, shallowCopy(object)).get(object)!;
+  let result: unknown = root;
+  for (const { path, map } of survey.tables) {
+    if (repeated.has(map) || path.some((step, i) => i % 2 === 0 && repeated.has(step as object))) {
+      survey.entries(map);
+      continue;
+    }
+    const ref = new TableRef(tables.push(map) - 1);
+    if (path.length === 0) result = ref;
+    for (let i = 0; i < path.length; i += 2) {
+      const child = i + 2 < path.length ? copyOf(path[i + 2] as object) : ref;
+      setChild(copyOf(path[i] as object), path[i + 1], child);
+    }
+  }
+  if (copies.size === 0) return result;
+  for (let i = 0; i < classes.length; i += 2) classes[i] = copies.get(classes[i] as object) ?? classes[i];
+  for (let i = 0; i < patches.length; i += 4) patches[i] = copies.get(patches[i] as object) ?? patches[i];
+  return copies.get(root) ?? result;
+}
+
+/** A copy msgpackr packs as it packs the original: same prototype, same own enumerable fields. */
+function shallowCopy(object: object): object {
+  if (Array.isArray(object)) return object.slice();
+  if (object instanceof Map) return new Map(object);
+  const copy = Object.create(Object.getPrototypeOf(object)) as object;
+  for (const key of Object.keys(object)) {
+    const value = (object as Record<string, unknown>)[key];
+    Object.defineProperty(copy, key, { value, writable: true, enumerable: true, configurable: true });
+  }
+  return copy;
+}
+
+function setChild(container: object, key: unknown, child: unknown): void {
+  if (container instanceof Map) container.set(key, child);
+  else (container as Record<PropertyKey, unknown>)[key as PropertyKey] = child;
+}
+
 /** Built-ins that msgpackr writes whole (bytes, time, pattern); nothing inside to survey. */
 function isOpaqueBuiltin(object: object): boolean {
   return ArrayBuffer.isView(object) || object instanceof ArrayBuffer ||
     object instanceof Date || object instanceof RegExp || object instanceof Error;
 }
+
+// String tables: a Map whose keys and values are all strings, as V8's serializer writes it
+// (`;`, per string `"` length latin1-bytes or, after an optional 00 pad, `c` byte-length
+// UTF-16LE, then `:` 2×size; lengths LEB128). V8's format is documented as stable; this reads
+// it itself, so a restore does not depend on the reader's V8. Lone surrogates survive.
+
+/** Below this a Map is left to msgpackr: a table saves little and copies its containers. */
+const TABLE_MIN_ENTRIES = 1024;
+/** Where the Map was: the index of its table. */
+const TABLE_REF_TYPE = 0x4d;
+/** Text decoded in one piece; a restored string keeps its piece alive, so keep them small. */
+const TEXT_CHUNK_BYTES = 4096;
+const TAG = { PADDING: 0x00, BEGIN_MAP: 0x3b, END_MAP: 0x3a, ONE_BYTE: 0x22, TWO_BYTE: 0x63 };
+
+class TableRef {
+  constructor(readonly index: number) {}
+}
+
+/** The tables of the body being decoded, for the TableRef extension (unpack is synchronous). */
+let tablesRead: Map<string, string>[] = [];
+
+addExtension({
+  Class: TableRef,
+  type: TABLE_REF_TYPE,
+  write: (ref: TableRef) => ref.index,
+  read: (index: number) => tablesRead[index] ?? damaged(),
+});
+
+function isStringMap(map: Map<unknown, unknown>): boolean {
+  // a key with a lone surrogate is refused, as for any other Map (see Survey.key)
+  for (const key of map.keys()) if (typeof key !== 'string' || !isWellFormed(key)) return false;
+  for (const value of map.values()) if (typeof value !== 'string') return false;
+  return true;
+}
+
+function readTables(bytes: Buffer, at: number): Map<string, string>[] {
+  const reader = new TableReader(bytes, at);
+  const tables: Map<string, string>[] = [];
+  while (reader.at < bytes.length) {
+    if (reader.byte() !== TAG.BEGIN_MAP) damaged();
+    const map = new Map<string, string>();
+    for (let tag = reader.byte(); tag !== TAG.END_MAP; tag = reader.byte()) {
+      const key = reader.string(tag);
+      map.set(key, reader.string(reader.byte()));
+    }
+    if (reader.length() !== map.size * 2) damaged();
+    tables.push(map);
+  }
+  return tables;
+}
+
+function damaged(): never {
+  throw new Error('rpcmig: a string table is damaged');
+}
+
+/**
+ * Latin-1 strings are sliced out of a chunk decoded at once (one native call per chunk, not per
+ * string); UTF-16 strings, rarer, are decoded one by one.
+ */
+class TableReader {
+  private text = '';
+  private textStart = 0;
+  private textEnd = 0;
+
+  constructor(private readonly bytes: Buffer, public at: number) {}
+
+  byte(): number {
+    if (this.at >= this.bytes.length) damaged();
+    return this.bytes[this.at++];
+  }
+
+  length(): number {
+    let length = 0;
+    for (let shift = 0, byte = 0x80; byte & 0x80; shift += 7) length += ((byte = this.byte()) & 0x7f) * 2 ** shift;
+    return length;
+  }
+
+  string(tag: number): string {
+    while (tag === TAG.PADDING) tag = this.byte();
+    if (tag !== TAG.ONE_BYTE && tag !== TAG.TWO_BYTE) damaged();
+    const length = this.length();
+    const start = this.at;
+    this.at += length;
+    if (this.at > this.bytes.length) damaged();
+    if (tag === TAG.TWO_BYTE) return this.bytes.toString('utf16le', start, this.at);
+    if (this.at > this.textEnd) {
+      this.textStart = start;
+      this.textEnd = Math.min(this.bytes.length, Math.max(this.at, start + TEXT_CHUNK_BYTES));
+      this.text = this.bytes.toString('latin1', start, this.textEnd);
+    }
+    return this.text.substring(start - this.textStart, this.at - this.textStart);
+  }
+}
+
+/** Tables are used only if this V8 writes what readTables reads (checked once, on a sample). */
+const TABLES_WORK = ((): boolean => {
+  const sample = new Map([['one-byte ÿ', 'two-byte \u0100 \ud800'], ['', 'x'.repeat(5000)]]);
+  try {
+    const [read] = readTables(serialize(sample), 2);
+    return read.size === sample.size && [...sample].every(([key, value]) => read.get(key) === value);
+  } catch {
+    return false;
+  }
+})();

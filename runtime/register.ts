@@ -36,11 +36,19 @@ function alone(name: string, why: string): undefined {
   return undefined;
 }
 
+/** A link a standby opened before the program ran: the first registration uses it. */
+let adopted: DaemonLink | undefined;
+
+export function adoptLink(link: DaemonLink): void {
+  adopted = link;
+}
+
 /** Registers `name` at `address` with the daemon at `daemon`; undefined when serving alone. */
 export async function register(name: string, address: string, daemon: string, keyFile?: string): Promise<Registration | undefined> {
   let link: DaemonLink;
   try {
-    link = await openDaemon(daemon, loadKey(keyFile));
+    link = adopted ?? (await openDaemon(daemon, loadKey(keyFile)));
+    adopted = undefined;
   } catch (error) {
     return alone(name, reason(error));
   }

@@ -6,6 +6,8 @@ import { decodeGraph, encodeGraph } from './codec.js';
 import { decodeStateFile, encodeStateFile, type Fingerprints } from './statefile.js';
 
 export const RESTORE_ENV = 'RPCMIG_RESTORE';
+/** Set by a daemon on a moved server's standby: the migration whose state it waits for. */
+export const STANDBY_ENV = 'RPCMIG_STANDBY';
 
 /** Every @migrate variable of the compiled program: key -> schema fingerprint. */
 export type Manifest = Readonly<Record<string, string>>;

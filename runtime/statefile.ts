@@ -3,7 +3,7 @@
 // Layout (all integers big-endian):
 //   offset  size  field
 //   0       8     magic "RPCMIGSF"
-//   8       2     format version (1)
+//   8       2     format version (2)
 //   10      4     variable count n
 //   14      ...   n entries: u16 key length, key (UTF-8), u16 fingerprint length, fingerprint
 //   h       8     body length (u64)
@@ -16,7 +16,7 @@ import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export const MAGIC = Buffer.from('RPCMIGSF', 'latin1');
-export const FORMAT_VERSION = 1;
+export const FORMAT_VERSION = 2;
 const CHECKSUM_BYTES = 32;
 
 /** key -> schema fingerprint of each saved variable */

@@ -4,12 +4,12 @@
 // serving with its state and the destination clean.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { existsSync, readdirSync } from 'node:fs';
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
 import { writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
-import { isAlive, stop, waitFor } from './helpers/process.js';
+import { isAlive, ROOT, stop, waitFor, type Started } from './helpers/process.js';
 
 /** The procedures of fixtures/counter and fixtures/rdict (ESM programs, typed here by hand). */
 interface Counter {
@@ -39,12 +39,12 @@ test.after(async () => {
   await cluster.close();
 });
 
-async function counterOn(daemon: DaemonProcess, args: string[] = []): Promise<{ name: string; pid: number; client: Client<Counter> }> {
+async function counterOn(daemon: DaemonProcess, args: string[] = []): Promise<{ name: string; pid: number; client: Client<Counter>; started: Started }> {
   const name = `counter${names++}`;
   const started = await cluster.server(COUNTER, daemon, ['--name', name, ...args]);
   const client = await connect<Counter>(name, { daemon: daemon.address, keyFile: cluster.key.file });
   clients.push(client);
-  return { name, pid: started.pid, client };
+  return { name, pid: started.pid, client, started };
 }
 
 const spool = (daemon: DaemonProcess, ...parts: string[]) => join(cluster.dir, `host${cluster.daemons.indexOf(daemon)}`, 'spool', ...parts);
@@ -107,17 +107,17 @@ test('exactly once: 8 clients pipelining increments while the counter moves A->B
 });
 
 test('a call executing at the order replies from the source; one arriving mid-move runs once, at the destination', async () => {
-  const { name, client, pid } = await counterOn(a);
+  const { name, client, pid, started } = await counterOn(a);
   const slow = client.slow(1500);
   await new Promise((resolve) => setTimeout(resolve, 100));
   const moving = cluster.migrate(name, a, b, ['--grace', '1']);
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.ok(await waitFor(() => started.stderr().includes('serving -> quiescing'), 10_000), 'the server took the order');
   const during = client.where();
   assert.is(await slow, 1);
   const arrived = await during;
   assert.is.not(arrived.pid, pid, 'the call held during the move ran at the destination');
   const figures = breakdown(await moving);
-  assert.ok((figures.quiesce_ms as number) > 1000, `quiesce_ms ${figures.quiesce_ms} waited for the slow call`);
+  assert.ok((figures.quiesce_ms as number) > 300, `quiesce_ms ${figures.quiesce_ms} waited for the slow call`);
   assert.is(await client.incr(1), 2);
   assert.is(await client.get(), 2);
 });
@@ -176,6 +176,28 @@ test('the second move of the same program to a host sends no program bytes', asy
   const again = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
   assert.is(again.program_bytes_sent, 0);
   assert.ok((first.program_bytes_sent as number) >= 0);
+});
+
+test('the destination runs a standby ahead of the state; a program without one is started cold', async () => {
+  const { name, client } = await counterOn(a);
+  await client.incr(1);
+  breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
+  const log = entries(spool(b, 'logs')).find((file) => file.startsWith(`${name}-`));
+  assert.ok(log, 'the moved server logs under the spool');
+  const cold = join(cluster.dir, 'cold-program');
+  cpSync(join(ROOT, 'fixtures'), cold, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) });
+  rmSync(join(cold, 'node_modules', 'rpcmig', 'dist', 'runtime', 'standby.js'));
+  const pkg = join(cold, 'node_modules', 'rpcmig', 'package.json');
+  const manifest = JSON.parse(readFileSync(pkg, 'utf8')) as { exports: Record<string, unknown> };
+  delete manifest.exports['./standby'];
+  writeFileSync(pkg, JSON.stringify(manifest));
+  const started = await cluster.server(join(cold, 'dist', 'counter', 'server.js'), a, ['--name', 'cold']);
+  const coldClient = await connect<Counter>('cold', { daemon: a.address, keyFile: cluster.key.file });
+  clients.push(coldClient);
+  await coldClient.incr(4);
+  breakdown(await cluster.migrate('cold', a, b, ['--grace', '0.2']));
+  assert.is(await coldClient.get(), 4);
+  assert.is.not((await coldClient.where()).pid, started.pid);
 });
 
 /** After a failed move: the source serves the same state, the destination holds nothing of it. */
@@ -241,12 +263,13 @@ test('abort: the restored program never serves (time-out); the destination ends 
 
 test('abort: the destination daemon dies during the move; calls held meanwhile run at the source', async () => {
   const doomed = await cluster.daemon();
-  const { name, client, pid } = await counterOn(a);
+  const { name, client, pid, started } = await counterOn(a);
   await client.incr(10);
-  const slow = client.slow(800);
+  const slow = client.slow(1500);
   const moving = cluster.migrate(name, a, doomed);
-  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.ok(await waitFor(() => started.stderr().includes('serving -> quiescing'), 10_000), 'the server took the order');
   const held = client.incr(1);
+  await new Promise((resolve) => setTimeout(resolve, 50));
   await stop(doomed.pid, 'SIGKILL');
   const result = await moving;
   assert.is(result.code, 9, result.stderr);

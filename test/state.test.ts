@@ -83,9 +83,10 @@ test('a flipped byte in the body or the header fails the checksum', () => {
   assertRefused(restoreFrom(altered('key.state', flip(() => 20))), 'checksum mismatch');
 });
 
-test('another format version is refused', () => {
-  const path = altered('version.state', (bytes) => Buffer.concat([bytes.subarray(0, 8), Buffer.from([0, 2]), bytes.subarray(10)]));
-  assertRefused(restoreFrom(path), 'format version 2; this build reads version 1');
+test('another format version is refused: the previous one and a future one', () => {
+  const version = (v: number) => (bytes: Buffer) => Buffer.concat([bytes.subarray(0, 8), Buffer.from([0, v]), bytes.subarray(10)]);
+  assertRefused(restoreFrom(altered('old.state', version(1))), 'format version 1; this build reads version 2');
+  assertRefused(restoreFrom(altered('future.state', version(3))), 'format version 3; this build reads version 2');
 });
 
 test('a file that is not a state file is refused', () => {

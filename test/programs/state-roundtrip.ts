@@ -16,7 +16,12 @@ class Session {
 const variant = process.env.STATE_BUILD ?? '';
 const K = (name: string) => `roundtrip.ts#${name}`;
 
+function stringMap(size: number, value: (i: number) => string): Map<string, string> {
+  return new Map(Array.from({ length: size }, (_, i) => [`key ${i}`, value(i)]));
+}
+
 function build(): Record<string, unknown> {
+  const bigShared = stringMap(1100, (i) => `shared ${i}`);
   const shared = { name: 'shared' };
   const session = new Session('alice');
   session.self = session;
@@ -48,6 +53,11 @@ function build(): Record<string, unknown> {
     session,
     nested: { level1: { level2: [{ level3: new Map([['deep', new Set([shared])]]) }] } },
     nullProto: Object.assign(Object.create(null) as object, { bare: 1 }),
+    // Maps of 1,024+ strings travel as string tables: plain, two-byte and lone-surrogate values,
+    // one under an array with a hole beside a class instance, one reached twice (packed in place).
+    bigMap: stringMap(2000, (i) => (i % 3 === 0 ? `värde ${i} 日本` : i % 7 === 0 ? `lone \ud800 ${i}` : `value ${i}`)),
+    underHole: [, { session: new Session('bob'), table: stringMap(1500, (i) => `v${i}`) }],
+    twice: [bigShared, { again: bigShared }],
   };
 }
 

@@ -1,0 +1,31 @@
+// A moved server's standby (DESIGN §3 step 2): the destination daemon starts this bootstrap,
+// from the program's own copy of rpcmig, as soon as the program is in place — while the
+// source still serves. It pays for Node's start-up, loads the runtime and authenticates to
+// the daemon, then waits. When the state file has arrived the daemon answers, and the
+// program's entry runs as if started with RPCMIG_RESTORE: only the program's own modules,
+// the restore and the registration remain on the clients' critical path.
+//   node standby.js ENTRY [ARG ...]     with RPCMIG_STANDBY=<migration id>, RPCMIG_DAEMON, RPCMIG_KEY_FILE
+import Module from 'node:module';
+import { resolve } from 'node:path';
+import { loadKey, openDaemon } from './daemonlink.js';
+import { RESTORE_ENV, STANDBY_ENV } from './state.js';
+import { adoptLink } from './register.js';
+import './index.js';
+
+async function main(): Promise<void> {
+  const id = process.env[STANDBY_ENV];
+  const [entry, ...argv] = process.argv.slice(2);
+  if (!id || !entry) throw new Error(`usage: ${STANDBY_ENV}=<id> node standby.js ENTRY [ARG ...]`);
+  const link = await openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey());
+  const { statePath } = (await link.call('standby', [id])) as { statePath: string };
+  delete process.env[STANDBY_ENV];
+  process.env[RESTORE_ENV] = statePath;
+  adoptLink(link);
+  process.argv = [process.argv[0], resolve(entry), ...argv];
+  (Module as unknown as { runMain(): void }).runMain();
+}
+
+main().catch((error: Error) => {
+  process.stderr.write(`rpcmig standby: ${error.message}\n`);
+  process.exit(1);
+});
