@@ -3,8 +3,13 @@
 import type * as TS from 'typescript';
 import { Code, createDiagnostic, type Ts } from './diagnostics.js';
 
-/** The tag as a whole word: not `@migrated`, not `x@migrate`. */
+/** The tag as a whole word: not `@migrated`, not `x@migrate`. A quick test of a whole file. */
 const TAG = /(?<![\w$@])@migrate(?![\w$-])/;
+/**
+ * The tag as JSDoc places a block tag: first on a line of the comment, after the comment's
+ * opening or a leading `*`. Prose that mentions `@migrate` mid-sentence does not annotate.
+ */
+const TAG_LINE = /(?:^|\n)[ \t]*(?:\/\/+|\/\*+|\*+)?[ \t]*@migrate(?![\w$-])/;
 
 export interface Annotations {
   /** Module-level variable statements, in source order. */
@@ -22,7 +27,7 @@ export function findAnnotations(ts: Ts, file: TS.SourceFile): Annotations {
   const claim = (comment: TS.CommentRange, node: TS.Node, target: string | undefined): void => {
     if (seen.has(comment.pos)) return;
     seen.add(comment.pos);
-    if (!TAG.test(file.text.slice(comment.pos, comment.end))) return;
+    if (!TAG_LINE.test(file.text.slice(comment.pos, comment.end))) return;
     if (target !== undefined) found.misplaced.push(misplacedDiagnostic(ts, file, comment, target));
     // A statement can carry several tagged comments; it is annotated once.
     else if (!found.statements.includes(node as TS.VariableStatement)) found.statements.push(node as TS.VariableStatement);
