@@ -79,12 +79,15 @@ export class Arrivals {
     return { lacking: await this.ctx.store.missing(shipment.manifest) };
   }
 
-  blob(params: unknown[]): Promise<boolean> {
-    const [id, hash, offset, bytes, final] = params;
-    if (typeof hash !== 'string' || !Number.isSafeInteger(offset) || !(bytes instanceof Uint8Array) || typeof final !== 'boolean') {
-      throw new RpcmigError('BAD_REQUEST', 'blob takes [id, hash, offset, bytes, final]');
+  /** A batch of pieces of the program's blobs: `[id, [[hash, offset, bytes, final], ...]]`. */
+  blob(params: unknown[]): Promise<number> {
+    const [id, pieces] = params;
+    const isPiece = (piece: unknown): piece is Parameters<BlobReceiver['receive']>[0][number] => Array.isArray(piece) && piece.length === 4 && typeof piece[0] === 'string'
+      && Number.isSafeInteger(piece[1]) && piece[2] instanceof Uint8Array && typeof piece[3] === 'boolean';
+    if (params.length !== 2 || !Array.isArray(pieces) || !pieces.every(isPiece)) {
+      throw new RpcmigError('BAD_REQUEST', 'blob takes [id, [[hash, offset, bytes, final], ...]]');
     }
-    return this.receiving(id).receiver.receive(hash, offset as number, bytes, final);
+    return this.receiving(id).receiver.receive(pieces);
   }
 
   state(params: unknown[]): Promise<void> {
@@ -231,7 +234,7 @@ export class Arrivals {
   }
 }
 
-/** Writes the pieces of a state file at their offsets; the final one waits for the rest, then fsyncs. */
+/** Writes the pieces of a state file at their offsets; the final one waits for the rest and checks the size. */
 class StateWriter {
   complete = false;
   private file: Promise<FileHandle> | undefined;
@@ -252,7 +255,8 @@ class StateWriter {
     if (!final) return;
     await Promise.all(this.writes);
     if ((await file.stat()).size !== this.received) throw refuseMigration('the state file arrived with gaps');
-    await file.sync();
+    // Not fsynced: the restoring process reads it back at once, on this host; a crash before
+    // that ends the migration anyway, and the source still holds the state.
     await file.close();
     this.complete = true;
   }

@@ -1,9 +1,10 @@
 // The destination's program cache (DESIGN §3 steps 2 and 5): files stored by SHA-256 under
-// `<spool>/blobs/`, each verified before it becomes visible.
+// `<spool>/blobs/`, each verified before it becomes visible and whole even after a crash.
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { constants } from 'node:fs';
-import { lstat, mkdir, open, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { constants, createReadStream, lstatSync } from 'node:fs';
+import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setImmediate as nextTurn } from 'node:timers/promises';
 import { RpcmigError } from '../runtime/errors.js';
 import { forEachLimit } from './manifest.js';
 import { DEFAULT_LIMITS, isFileEntry, type Manifest } from './validate.js';
@@ -13,7 +14,18 @@ const HASH = /^[0-9a-f]{64}$/;
 // program that rewrites one of its files in place (as root, despite mode 0444) changes the
 // blob; its mtime then differs and the store treats the blob as missing instead of serving it.
 const SEALED_MTIME = 0;
-const STAT_CONCURRENCY = 32;
+// Blobs checked between two yields to the event loop (~2 ms).
+const STAT_SLICE = 256;
+// Blobs become visible before their data is on disk: one fsync per blob (a journal commit on
+// ext4) capped a 1,000-file copy at ~25 MB/s. While any blob may be unsynced, this marker holds
+// the boot id; a store opened after a reboot that left it re-hashes its blobs (see `recover`).
+const MARKER = 'unsynced';
+const BOOT_ID = '/proc/sys/kernel/random/boot_id';
+// The unsynced blobs are fsynced this long after the last one arrived: by then the kernel has
+// written them back (Linux: within 30 s) and the fsyncs are nearly free; sooner, they were a
+// storm of journal commits that slowed the migrations that followed.
+const CHECKPOINT_DELAY_MS = 60_000;
+const SYNC_CONCURRENCY = 4;
 
 export function refuseBlob(hash: string, reason: string): RpcmigError {
   const shown = String(hash).slice(0, 64);
@@ -22,6 +34,14 @@ export function refuseBlob(hash: string, reason: string): RpcmigError {
 
 export class BlobStore {
   private readonly fanout = new Set<string>();
+  /** Blobs installed since the last checkpoint, whose data may not be on disk yet. */
+  private readonly unsynced = new Set<string>();
+  /** Bumped by every install, so that a checkpoint knows whether it covered everything. */
+  private installs = 0;
+  private marked = false;
+  /** Marker changes, one at a time: it must exist, durably, before an unsynced blob is renamed. */
+  private marker: Promise<void> = Promise.resolve();
+  private timer: NodeJS.Timeout | undefined;
 
   private constructor(readonly dir: string) {}
 
@@ -30,6 +50,7 @@ export class BlobStore {
     const store = new BlobStore(join(spool, 'blobs'));
     await rm(store.tmpDir(), { recursive: true, force: true });
     await mkdir(store.tmpDir(), { recursive: true });
+    await store.recover();
     return store;
   }
 
@@ -39,10 +60,12 @@ export class BlobStore {
     return join(this.dir, hash.slice(0, 2), hash);
   }
 
+  /** Whether the blob is stored, sealed and of `size`; a blob changed since is removed. */
   async has(hash: string, size?: number): Promise<boolean> {
     const path = this.path(hash);
-    const st = await lstat(path).catch(() => null);
-    if (st === null) return false;
+    // Synchronous: ~8 µs here against ~20 µs through the thread pool, for every file of a program.
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (st === undefined) return false;
     if (st.isFile() && st.mtimeMs === SEALED_MTIME && (size === undefined || st.size === size)) return true;
     await unlink(path).catch(() => undefined);
     return false;
@@ -53,9 +76,11 @@ export class BlobStore {
     const sizes = new Map<string, number>();
     for (const entry of manifest.entries) if (isFileEntry(entry)) sizes.set(entry.hash, entry.size);
     const lacking: string[] = [];
-    await forEachLimit([...sizes], STAT_CONCURRENCY, async ([hash, size]) => {
+    let checked = 0;
+    for (const [hash, size] of sizes) {
       if (!(await this.has(hash, size))) lacking.push(hash);
-    });
+      if (++checked % STAT_SLICE === 0) await nextTurn();
+    }
     return lacking.sort();
   }
 
@@ -79,6 +104,9 @@ export class BlobStore {
 
   /** Makes a verified temporary file visible as the blob: the rename is the commit point. */
   async install(tmp: string, hash: string): Promise<void> {
+    this.unsynced.add(hash);
+    this.installs++;
+    if (!this.marked) await this.mark();
     const fanout = join(this.dir, hash.slice(0, 2));
     if (!this.fanout.has(fanout)) {
       await mkdir(fanout, { recursive: true });
@@ -86,6 +114,109 @@ export class BlobStore {
     }
     // No fsync of the directory: a blob lost to a crash is only a cache miss, asked for again.
     await rename(tmp, this.path(hash));
+    this.schedule();
+  }
+
+  /**
+   * Puts the data of every blob installed so far on disk, then removes the marker unless more
+   * blobs arrived meanwhile. Runs by itself after each burst of installs; a failure leaves the
+   * marker, which only costs a re-hash after the next reboot.
+   */
+  async checkpoint(): Promise<void> {
+    clearTimeout(this.timer);
+    const seen = this.installs;
+    const hashes = [...this.unsynced];
+    await forEachLimit(hashes, SYNC_CONCURRENCY, (hash) => syncFile(this.path(hash)));
+    await this.changeMarker(async () => {
+      for (const hash of hashes) this.unsynced.delete(hash);
+      if (this.installs !== seen || !this.marked) return;
+      this.marked = false;
+      await unlink(join(this.dir, MARKER)).catch(() => undefined);
+    });
+  }
+
+  /** Writes the marker, durably (file and directory), before the first unsynced rename. */
+  private mark(): Promise<void> {
+    return this.changeMarker(async () => {
+      if (this.marked) return;
+      const file = await open(join(this.dir, MARKER), 'w', 0o600);
+      try {
+        await file.writeFile(await bootId());
+        await file.sync();
+      } finally {
+        await file.close();
+      }
+      await syncFile(this.dir);
+      this.marked = true;
+    });
+  }
+
+  private changeMarker(change: () => Promise<void>): Promise<void> {
+    const changed = this.marker.then(change);
+    this.marker = changed.catch(() => undefined);
+    return changed;
+  }
+
+  private schedule(): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.checkpoint().catch(() => undefined), CHECKPOINT_DELAY_MS);
+    this.timer.unref();
+  }
+
+  /**
+   * A marker left by an earlier daemon: after a daemon restart the data is still in the page
+   * cache, so its blobs only await a checkpoint; after a reboot (another boot id, or none known)
+   * any blob may be torn, so each is hashed again and the torn ones are dropped.
+   */
+  private async recover(): Promise<void> {
+    const left = await readFile(join(this.dir, MARKER), 'utf8').catch(() => null);
+    if (left === null) return;
+    const blobs = await this.list();
+    const boot = await bootId();
+    if (boot !== '' && left === boot) {
+      this.marked = true;
+      for (const hash of blobs) this.unsynced.add(hash);
+      this.schedule();
+      return;
+    }
+    await forEachLimit(blobs, SYNC_CONCURRENCY, async (hash) => {
+      if ((await hashOf(this.path(hash))) !== hash) await unlink(this.path(hash));
+    });
+    await unlink(join(this.dir, MARKER));
+  }
+
+  private async list(): Promise<string[]> {
+    const hashes: string[] = [];
+    for (const fanout of await readdir(this.dir)) {
+      if (!/^[0-9a-f]{2}$/.test(fanout)) continue;
+      for (const name of await readdir(join(this.dir, fanout))) if (HASH.test(name) && name.startsWith(fanout)) hashes.push(name);
+    }
+    return hashes;
+  }
+}
+
+/** This boot's id ('' where the system has none): tells a daemon restart from a reboot. */
+async function bootId(): Promise<string> {
+  return (await readFile(BOOT_ID, 'utf8').catch(() => '')).trim();
+}
+
+async function hashOf(path: string): Promise<string> {
+  const hasher = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hasher.update(chunk as Buffer);
+  return hasher.digest('hex');
+}
+
+/** fsync of a file or directory; one removed meanwhile (the store dropped it) needs none. */
+async function syncFile(path: string): Promise<void> {
+  const file = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return null;
+    throw error;
+  });
+  if (file === null) return;
+  try {
+    await file.sync();
+  } finally {
+    await file.close();
   }
 }
 
@@ -123,10 +254,9 @@ export class BlobWriter {
     if (actual !== this.hash) throw refuseBlob(this.hash, `content hashes to ${actual}`);
   }
 
-  /** fsync before rename, so that a visible blob is always whole, even after a crash. */
+  /** Seals the mtime and installs the blob; its data reaches the disk at the store's checkpoint. */
   async seal(): Promise<void> {
     await this.file.utimes(SEALED_MTIME, SEALED_MTIME);
-    await this.file.sync();
     await this.file.close();
     await this.store.install(this.tmp, this.hash);
   }

@@ -11,6 +11,7 @@ import { DEFAULT_DAEMON_PORT, formatAddress, loadKey, openDaemon, parseAddress, 
 import { RpcmigError, type ErrorCode } from '../runtime/errors.js';
 import { startDaemon } from './daemon.js';
 import { breakdownTable, checkBreakdown, checkListing, JSON_RULE, listingTable, toJson } from './output.js';
+import type { Progress } from './migrate.js';
 import { EXIT, USAGE } from './usage.js';
 
 type Values = Record<string, string | boolean | undefined>;
@@ -172,9 +173,24 @@ async function runMigrate(values: Values, positionals: string[]): Promise<number
   const grace = values.grace === undefined ? 60 : Number(values.grace);
   if (!Number.isFinite(grace) || grace < 0) throw new UsageError(`--grace takes seconds >= 0; got ${JSON.stringify(values.grace)}`);
   const request = { name: positionals[0], to, graceMs: Math.round(grace * 1000) };
-  const breakdown = checkBreakdown(await withDaemon(values, (link) => link.call('migrate', [request])));
+  const breakdown = checkBreakdown(await withDaemon(values, (link) => {
+    // A copy that runs long shows its progress, on a terminal only; the line is cleared after.
+    if (process.stderr.isTTY) link.onNotification((method, [progress]) => method === 'progress' && showProgress(progress));
+    return link.call('migrate', [request]).finally(() => shown && process.stderr.write('\r\x1b[K'));
+  }));
   process.stdout.write(values.json ? JSON.stringify(breakdown) + '\n' : breakdownTable(positionals[0], breakdown));
   return EXIT.ok;
+}
+
+let shown = false;
+
+function showProgress(value: unknown): void {
+  const { step, sent, total, elapsed_ms: elapsed } = (value ?? {}) as Partial<Progress>;
+  if (typeof sent !== 'number' || typeof total !== 'number' || typeof elapsed !== 'number') return;
+  const mb = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
+  const rate = elapsed > 0 ? sent / 2 ** 20 / (elapsed / 1000) : 0;
+  process.stderr.write(`\r\x1b[K${step}: ${mb(sent)} of ${mb(total)} MB sent, ${rate.toFixed(0)} MB/s`);
+  shown = true;
 }
 
 function helpFor(name: string): string {

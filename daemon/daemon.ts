@@ -113,7 +113,7 @@ class NameDaemon implements Daemon {
     lookup: (_peer, [name, hops]) => this.lookup(checkName(name), Number(hops) || 0),
     ls: (): Listing => this.names.list((server) => this.reachable(server.address), this.forwards.list()),
     // the source's half of a migration: the CLI's order, then the signalled server's calls
-    migrate: (_peer, [request]) => this.coordinator.migrate(checkMigrate(request)),
+    migrate: (peer, [request]) => this.coordinator.migrate(checkMigrate(request), (progress) => this.tell(peer, 'progress', [progress])),
     order: (peer) => this.coordinator.orderFor(this.names.ownedBy(peer)[0]),
     snapshot: (peer, [report]) => this.coordinator.snapshotted(this.names.ownedBy(peer)[0], report),
     // the destination's half, called by the source daemon
@@ -246,8 +246,11 @@ class NameDaemon implements Daemon {
   }
 
   private notify(server: Server, method: string, params: unknown[]): void {
-    const { socket } = server.owner as Peer;
-    if (socket.writable) socket.write(encode([NOTIFICATION, method, params]));
+    this.tell(server.owner as Peer, method, params);
+  }
+
+  private tell(peer: Peer, method: string, params: unknown[]): void {
+    if (peer.socket.writable) peer.socket.write(encode([NOTIFICATION, method, params]));
   }
 
   /** A server listening on every interface is reached through the daemon's advertised host. */

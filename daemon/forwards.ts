@@ -10,7 +10,7 @@ export class Forwards {
   private readonly entries = new Map<string, Forward>();
   private readonly file: string;
 
-  constructor(spool: string, log: (line: string) => void) {
+  constructor(spool: string, private readonly log: (line: string) => void) {
     this.file = join(spool, 'forwards.json');
     for (const entry of read(this.file, log)) this.entries.set(entry.name, entry);
   }
@@ -23,14 +23,25 @@ export class Forwards {
     return [...this.entries.values()];
   }
 
+  /** Records the entry durably before it returns. */
   set(entry: Forward): void {
     this.entries.set(entry.name, entry);
     this.save();
   }
 
-  /** A server of that name lives here again. */
+  /**
+   * A server of that name lives here again. Saved after the current reply has left: a stale
+   * entry that a crash might leave is overridden by the server registered under its name.
+   */
   delete(name: string): void {
-    if (this.entries.delete(name)) this.save();
+    if (!this.entries.delete(name)) return;
+    setImmediate(() => {
+      try {
+        this.save();
+      } catch (error) {
+        this.log(`could not save ${this.file}: ${(error as Error).message}`);
+      }
+    });
   }
 
   private save(): void {

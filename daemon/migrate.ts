@@ -1,7 +1,7 @@
 // The migration coordinator on the source daemon (DESIGN §3): one function per step — order,
 // prepare, signal, (the server's quiesce and snapshot), copy, start, commit — and abort in
 // one place. The program is shipped before the signal, so the server pauses only for its
-// state. Until the forwarding entry is written nothing is final: any failure rolls back.
+// state. Until the old server is told to commit nothing is final: any failure rolls back.
 import { randomBytes } from 'node:crypto';
 import { mkdir, realpath, rm } from 'node:fs/promises';
 import { join, relative } from 'node:path';
@@ -32,6 +32,14 @@ export interface MigrateRequest {
   name: string;
   to: string;
   graceMs: number;
+}
+
+/** What the CLI is told while a copy runs longer than PROGRESS_AFTER_MS. */
+export interface Progress {
+  step: Step;
+  sent: number;
+  total: number;
+  elapsed_ms: number;
 }
 
 /** DESIGN §7: what `rpcmig migrate` reports. */
@@ -66,12 +74,38 @@ interface Move {
   orderTaken?: number;
   snapshot: Deferred<SnapshotReport>;
   figures: Breakdown;
+  progress: Meter;
 }
 
 const STEP_TIMEOUT_MS = Number(process.env.RPCMIG_STEP_TIMEOUT_MS) || 10_000;
 /** The longest call executing when the order comes is waited for this long. */
 const QUIESCE_TIMEOUT_MS = Number(process.env.RPCMIG_QUIESCE_TIMEOUT_MS) || 20_000;
 const START_TIMEOUT_MS = (Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000) + STEP_TIMEOUT_MS;
+const PROGRESS_AFTER_MS = process.env.RPCMIG_PROGRESS_AFTER_MS === undefined ? 1000 : Number(process.env.RPCMIG_PROGRESS_AFTER_MS);
+const PROGRESS_EVERY_MS = 100;
+
+/** Counts the bytes of one copy and reports them, at most every PROGRESS_EVERY_MS, once it runs long. */
+class Meter {
+  private step: Step = 'copy';
+  private sent = 0;
+  private total = 0;
+  private started = 0;
+  private last = 0;
+
+  constructor(private readonly report: (progress: Progress) => void) {}
+
+  begin(step: Step, total: number): void {
+    Object.assign(this, { step, total, sent: 0, started: performance.now(), last: 0 });
+  }
+
+  add(bytes: number): void {
+    this.sent += bytes;
+    const now = performance.now();
+    if (now - this.started < PROGRESS_AFTER_MS || now - this.last < PROGRESS_EVERY_MS) return;
+    this.last = now;
+    this.report({ step: this.step, sent: this.sent, total: this.total, elapsed_ms: now - this.started });
+  }
+}
 
 export class Coordinator {
   private readonly moves = new Map<Server, Move>();
@@ -79,8 +113,8 @@ export class Coordinator {
   constructor(private readonly ctx: SourceContext) {}
 
   /** The `migrate` method: runs every step; on failure rolls back and throws MIGRATION_FAILED. */
-  async migrate(request: MigrateRequest): Promise<Breakdown> {
-    const move = this.order(request);
+  async migrate(request: MigrateRequest, report: (progress: Progress) => void = () => undefined): Promise<Breakdown> {
+    const move = this.order(request, report);
     try {
       await this.prepare(move);
       await this.signal(move);
@@ -121,7 +155,7 @@ export class Coordinator {
     this.moves.get(server)?.snapshot.reject(new Error(`the server (pid ${server.pid}) went away`));
   }
 
-  private order(request: MigrateRequest): Move {
+  private order(request: MigrateRequest, report: (progress: Progress) => void): Move {
     const server = this.ctx.names.lookup(request.name);
     if (server.state !== 'serving' || this.moves.has(server)) {
       throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is ${server.state === 'moved' ? 'moved away already' : 'already migrating'}`, { step: 'order' });
@@ -134,7 +168,7 @@ export class Coordinator {
     };
     const move: Move = {
       id, server, to: request.to, graceMs: request.graceMs, dir, statePath: join(dir, 'state'),
-      step: 'order', over: false, received: performance.now(), snapshot: deferred(), figures,
+      step: 'order', over: false, received: performance.now(), snapshot: deferred(), figures, progress: new Meter(report),
     };
     this.moves.set(server, move);
     server.state = 'migrating';
@@ -172,7 +206,7 @@ export class Coordinator {
   }
 
   private ship(move: Move, root: string, manifest: Manifest, lacking: string[]): Promise<number> {
-    return sendBlobs(root, manifest, lacking, (hash, offset, bytes, final) => this.call(move, 'blob', [move.id, hash, offset, bytes, final]));
+    return sendBlobs(root, manifest, lacking, (pieces) => this.call(move, 'blob', [move.id, pieces]));
   }
 
   /** Step 3: SIGUSR2; the server takes the order, quiesces, writes its snapshot and reports. */
@@ -192,7 +226,11 @@ export class Coordinator {
   private async copy(move: Move): Promise<void> {
     move.step = 'copy';
     const started = performance.now();
-    await sendFile(move.statePath, (offset, bytes, final) => this.call(move, 'state', [move.id, offset, bytes, final]));
+    move.progress.begin('copy', move.figures.state_bytes);
+    await sendFile(move.statePath, async (offset, bytes, final) => {
+      await this.call(move, 'state', [move.id, offset, bytes, final]);
+      move.progress.add(bytes.length);
+    });
     move.figures.copy_ms += performance.now() - started;
   }
 
@@ -206,16 +244,22 @@ export class Coordinator {
   }
 
   /**
-   * Step 6: the forwarding entry makes the move final; then the old server answers MOVED for
-   * its grace period, and the first reply from the new address ends the clock.
+   * Step 6: the old server is told to answer MOVED (held calls first) for its grace period,
+   * which makes the move final; the forwarding entry follows, and the first reply from the new
+   * address ends the clock.
    */
   private async commit(move: Move, address: string): Promise<Breakdown> {
     move.step = 'commit';
     const { server } = move;
-    this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to });
+    // The commit point: from this notification on, the held calls go to the new server.
     server.state = 'moved';
     this.ctx.notify(server, 'commit', [{ id: move.id, to: address, grace_ms: move.graceMs }]);
     move.over = true;
+    try {
+      this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to });
+    } catch (error) {
+      this.ctx.log(`migration ${move.id}: ${server.name} moved, but its forwarding entry was not saved: ${(error as Error).message}`);
+    }
     this.call(move, 'commit', [move.id]).catch((error: Error) => this.ctx.log(`migration ${move.id}: the destination did not take the commit: ${error.message}`));
     await firstReply(address).catch((error: Error) => this.ctx.log(`migration ${move.id}: no first reply from ${address}: ${error.message}`));
     const now = performance.now();

@@ -1,14 +1,32 @@
 // One connection to one server: calls in flight keyed by msgid, sent through one Outbox and
 // settled in one place. A reply saying the call was not executed (MOVED, MIGRATING) goes to
-// the `reroute` hook, which sends the same call again elsewhere; no other reply is retried.
+// the `reroute` hook, which sends the same call again elsewhere; calls whose connection was
+// lost go to the `orphaned` hook, which resends them under the same msgid (the server answers
+// a resent call from its completion record). Without hooks, neither is retried.
 import type { Socket } from 'node:net';
 import { RpcmigError, type WireError } from './errors.js';
-import { Outbox, readMessages, REQUEST, RESPONSE, validate } from './wire.js';
+import { HELLO } from './records.js';
+import { NOTIFICATION, Outbox, readMessages, REQUEST, RESPONSE, validate } from './wire.js';
+
+export interface ChannelHooks {
+  /** A reply said the call was not executed (MOVED, MIGRATING). */
+  reroute?(call: Pending, error: WireError): void;
+  /** The connection was lost with these calls unanswered: their outcome is unknown. */
+  orphaned?(calls: Pending[], cause: RpcmigError): void;
+  /** The msgid of a new call, when the client numbers its calls across connections. */
+  sequence?(): number;
+  /** The params of the hello sent first on the connection: [clientId, below]. */
+  hello?(): unknown[];
+  /** The call has its outcome (a result or a final error). */
+  settled?(call: Pending): void;
+}
 
 const MAX_MSGID = 0xffffffff;
 const LINGER_MS = 1000;
 
 export interface Pending {
+  /** The call's number across the client's connections; -1: the channel numbers it. */
+  seq: number;
   method: string;
   params: unknown[];
   deadline: number;
@@ -39,9 +57,10 @@ export class Channel {
     private readonly socket: Socket,
     readonly address: string,
     private readonly timeout: number,
-    private readonly reroute?: (call: Pending, error: WireError) => void,
+    private readonly hooks: ChannelHooks = {},
   ) {
     this.outbox = new Outbox(socket);
+    if (hooks.hello) this.outbox.send([NOTIFICATION, HELLO, hooks.hello()]);
     this.ended = new Promise((resolve) => socket.once('close', () => resolve()));
     socket.on('error', () => undefined);
     socket.once('close', () => this.drop(new RpcmigError('UNKNOWN_OUTCOME', `the connection to ${address} was lost`)));
@@ -61,24 +80,36 @@ export class Channel {
       return Promise.reject(notSent(this.lost ?? new RpcmigError('UNKNOWN_OUTCOME', `the connection to ${this.address} was lost`), method));
     }
     const promise = new Promise(park);
-    this.send({ method, params, deadline: Date.now() + this.timeout, hops: 0, resolve: parkedResolve, reject: parkedReject });
+    const seq = this.hooks.sequence ? this.hooks.sequence() : -1;
+    this.send({ seq, method, params, deadline: Date.now() + this.timeout, hops: 0, resolve: parkedResolve, reject: parkedReject });
     return promise;
   }
 
   /** Sends a call that was not executed elsewhere, keeping its deadline and its promise. */
   adopt(call: Pending): void {
-    if (this.lost || this.socket.destroyed) return call.reject(notSent(this.lost ?? new RpcmigError('UNKNOWN_OUTCOME', `the connection to ${this.address} was lost`), call.method));
+    if (this.lost || this.socket.destroyed) return this.fail(call, notSent(this.lost ?? new RpcmigError('UNKNOWN_OUTCOME', `the connection to ${this.address} was lost`), call.method));
     this.send(call);
   }
 
+  /** Ends a call with an error (every failure of a call passes here). */
+  private fail(call: Pending, error: Error): void {
+    this.hooks.settled?.(call);
+    call.reject(error);
+  }
+
+  /** A notification; nothing comes back. */
+  notify(method: string, params: unknown[]): void {
+    if (this.usable) this.outbox.send([NOTIFICATION, method, params]);
+  }
+
   private send(call: Pending): void {
-    const id = this.allocate();
+    const id = call.seq >= 0 ? call.seq : this.allocate();
     this.pending.set(id, call);
     try {
       this.outbox.send([REQUEST, id, call.method, call.params]);
     } catch (error) {
       this.pending.delete(id);
-      call.reject(new RpcmigError('BAD_REQUEST', `the params of ${call.method} cannot be encoded: ${(error as Error).message}`));
+      this.fail(call, new RpcmigError('BAD_REQUEST', `the params of ${call.method} cannot be encoded: ${(error as Error).message}`));
     }
     if (this.timer === undefined) this.arm();
   }
@@ -94,9 +125,12 @@ export class Channel {
     const call = this.pending.get(id);
     if (call === undefined) return; // it timed out already
     this.pending.delete(id);
-    if (error === null || error === undefined) call.resolve(result);
-    else if (this.reroute && (error.code === 'MOVED' || error.code === 'MIGRATING')) this.reroute(call, error);
-    else call.reject(RpcmigError.fromWire(error));
+    if (error === null || error === undefined) {
+      this.hooks.settled?.(call);
+      call.resolve(result);
+    }
+    else if (this.hooks.reroute && (error.code === 'MOVED' || error.code === 'MIGRATING')) this.hooks.reroute(call, error);
+    else this.fail(call, RpcmigError.fromWire(error));
     if (this.retiring && this.pending.size === 0) void this.close();
   }
 
@@ -128,7 +162,7 @@ export class Channel {
         return;
       }
       this.pending.delete(id);
-      call.reject(new RpcmigError('TIMEOUT', `${call.method} got no reply from ${this.address} within ${this.timeout} ms; it may have run`));
+      this.fail(call, new RpcmigError('TIMEOUT', `${call.method} got no reply from ${this.address} within ${this.timeout} ms; it may have run`));
     }
   }
 
@@ -141,9 +175,14 @@ export class Channel {
   private drop(cause: RpcmigError): void {
     this.lost ??= cause;
     clearTimeout(this.timer);
+    if (this.hooks.orphaned && this.lost.code !== 'CLOSED' && this.pending.size > 0) {
+      const calls = [...this.pending.values()];
+      this.pending.clear();
+      return this.hooks.orphaned(calls, this.lost);
+    }
     for (const call of this.pending.values()) {
       const { code } = this.lost;
-      call.reject(new RpcmigError(code, `${this.lost.message} after ${call.method} was sent; it may or may not have run (not resent)`));
+      this.fail(call, new RpcmigError(code, `${this.lost.message} after ${call.method} was sent; it may or may not have run (not resent)`));
     }
     this.pending.clear();
   }

@@ -1,10 +1,14 @@
 // The client behind `connect()`: a typed proxy over one pipelined MessagePack-RPC connection
 // that follows its server when it moves (DESIGN §3 step 7, the paper's (a)-(d)). A reply of
 // MOVED switches the connection to the new address — retrying while the new server is not
-// up — and sends the call again there; MIGRATING sends it again after a back-off. Only
-// calls the server says it did not execute are ever sent twice.
+// up — and sends the call again there; MIGRATING sends it again after a back-off. Every call
+// carries the client's id (its hello) and a number of its own, so a call whose connection was
+// lost is sent again under the same number until its deadline, and the server answers it
+// from its completion record if it ran: each call runs exactly once.
 import { connect as connectSocket, type Socket } from 'node:net';
-import { Channel, type Pending } from './channel.js';
+import { randomBytes } from 'node:crypto';
+import { Channel, type ChannelHooks, type Pending } from './channel.js';
+import { HELLO } from './records.js';
 import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress, loadKey, openDaemon, parseAddress } from './daemonlink.js';
 
@@ -43,12 +47,30 @@ export const DEFAULT_TIMEOUT = 30_000;
 const MAX_HOPS = 8;
 const FIRST_RETRY_MS = 5;
 const LAST_RETRY_MS = 250;
+/** How often (in calls) a client acknowledges the outcomes it has, so the server may drop them. */
+const ACK_EVERY = 256;
+const MAX_SEQ = 0xffffffff;
+
+function newClientId(): string {
+  return randomBytes(12).toString('base64url');
+}
 
 /** The server's current connection, replaced when the server moves or the connection is lost. */
 class Follower {
   private channel: Channel;
   private moving: { to: string; next: Promise<Channel> } | undefined;
   private closed = false;
+  private id = newClientId();
+  private seq = 0;
+  /** The numbers of calls without an outcome yet, wherever they are (sent, or between servers). */
+  private readonly outstanding = new Set<number>();
+  private readonly hooks: ChannelHooks = {
+    reroute: (call, error) => this.reroute(call, error),
+    orphaned: (calls, cause) => this.orphaned(calls, cause),
+    sequence: () => this.sequence(),
+    hello: () => [this.id, this.lowest()],
+    settled: (call) => this.outstanding.delete(call.seq),
+  };
 
   constructor(
     socket: Socket,
@@ -57,17 +79,56 @@ class Follower {
     /** Where the server is now, asked of its daemon; for a direct client, its last address. */
     private readonly locate: () => Promise<string>,
   ) {
-    this.channel = new Channel(socket, address, timeout, this.reroute);
+    this.channel = new Channel(socket, address, timeout, this.hooks);
   }
 
   private open(address: string, deadline: number): Promise<Channel> {
     const where = parseAddress(address, 0);
-    return openRetrying(where.host, where.port, deadline).then((socket) => new Channel(socket, formatAddress(where), this.timeout, this.reroute));
+    return openRetrying(where.host, where.port, deadline).then((socket) => new Channel(socket, formatAddress(where), this.timeout, this.hooks));
   }
 
   call(method: string, params: unknown[]): Promise<unknown> {
+    // Every ACK_EVERY calls the server learns which outcomes it may forget.
+    if ((this.seq & (ACK_EVERY - 1)) === 0 && this.seq > 0) this.channel.notify(HELLO, this.hooks.hello!());
     if (this.channel.usable || this.closed) return this.channel.call(method, params);
     return this.reconnect().then((channel) => channel.call(method, params));
+  }
+
+  /** The next call's number; past 2^32 - 1 calls the client takes a new id and starts again. */
+  private sequence(): number {
+    if (this.seq > MAX_SEQ) {
+      this.id = newClientId();
+      this.seq = 0;
+    }
+    this.outstanding.add(this.seq);
+    return this.seq++;
+  }
+
+  /** Every call below this number has its outcome: the server may forget them. */
+  private lowest(): number {
+    let lowest = this.seq;
+    for (const seq of this.outstanding) if (seq < lowest) lowest = seq;
+    return lowest;
+  }
+
+  /** Ends a call with an error outside any channel. */
+  private fail(call: Pending, error: Error): void {
+    this.outstanding.delete(call.seq);
+    call.reject(error);
+  }
+
+  /**
+   * The connection was lost with these calls unanswered: each may or may not have run, so each
+   * is sent again, under its number, wherever the server is now, until its deadline.
+   */
+  private orphaned(calls: Pending[], cause: RpcmigError): void {
+    for (const call of calls) {
+      const unknown = (why: string) => this.fail(call, new RpcmigError('UNKNOWN_OUTCOME', `${cause.message} after ${call.method} was sent; ${why}; it may or may not have run`));
+      if (this.closed) unknown('the client was closed');
+      else if (++call.hops > MAX_HOPS) unknown(`sent ${MAX_HOPS} times without an answer`);
+      else if (Date.now() >= call.deadline) unknown('its deadline passed');
+      else this.current(call.deadline, true).then((channel) => channel.adopt(call), (error: Error) => unknown(`no server could be reached again (${error.message})`));
+    }
   }
 
   close(): Promise<void> {
@@ -76,17 +137,17 @@ class Follower {
   }
 
   /** A reply said the call was not executed: send it again, where and when the reply says. */
-  private readonly reroute = (call: Pending, error: WireError): void => {
-    if (++call.hops > MAX_HOPS) return call.reject(new RpcmigError('MOVED', `${call.method} was redirected more than ${MAX_HOPS} times; not executed`));
-    if (this.closed) return call.reject(new RpcmigError('CLOSED', `the client was closed before ${call.method} was sent again`));
+  private reroute(call: Pending, error: WireError): void {
+    if (++call.hops > MAX_HOPS) return this.fail(call, new RpcmigError('MOVED', `${call.method} was redirected more than ${MAX_HOPS} times; not executed`));
+    if (this.closed) return this.fail(call, new RpcmigError('CLOSED', `the client was closed before ${call.method} was sent again`));
     if (error.code === 'MIGRATING') {
       const wait = Math.min(LAST_RETRY_MS, FIRST_RETRY_MS << call.hops);
-      setTimeout(() => this.current(call.deadline).then((channel) => channel.adopt(call), call.reject), wait);
+      setTimeout(() => this.current(call.deadline).then((channel) => channel.adopt(call), (e: Error) => this.fail(call, e)), wait);
       return;
     }
-    if (typeof error.to !== 'string') return call.reject(RpcmigError.fromWire(error));
-    this.follow(error.to, call.deadline).then((channel) => channel.adopt(call), call.reject);
-  };
+    if (typeof error.to !== 'string') return this.fail(call, RpcmigError.fromWire(error));
+    this.follow(error.to, call.deadline).then((channel) => channel.adopt(call), (e: Error) => this.fail(call, e));
+  }
 
   /** The channel to `to`: the current one if it is there already, else one being opened. */
   private follow(to: string, deadline: number): Promise<Channel> {
@@ -104,14 +165,18 @@ class Follower {
     return next;
   }
 
-  private current(deadline: number): Promise<Channel> {
-    return this.channel.usable ? Promise.resolve(this.channel) : this.moving?.next ?? this.reconnect(deadline);
+  private current(deadline: number, patient = false): Promise<Channel> {
+    return this.channel.usable ? Promise.resolve(this.channel) : this.moving?.next ?? this.reconnect(deadline, patient);
   }
 
-  /** The connection was lost with nothing in flight: find the server again. */
-  private reconnect(deadline = Date.now() + this.timeout): Promise<Channel> {
+  /**
+   * The connection was lost: find the server again. `patient`: calls are waiting for it, so
+   * keep trying until their deadline; else a new call fails fast when nothing answers.
+   */
+  private reconnect(deadline = Date.now() + this.timeout, patient = false): Promise<Channel> {
     if (this.moving) return this.moving.next;
-    const next = this.locate().then((address) => this.open(address, Math.min(deadline, Date.now() + LAST_RETRY_MS))).then((channel) => this.switchTo(channel));
+    const until = patient ? deadline : Math.min(deadline, Date.now() + LAST_RETRY_MS);
+    const next = this.locate().then((address) => this.open(address, until)).then((channel) => this.switchTo(channel));
     const where = this.channel.address;
     this.moving = { to: where, next };
     next.catch(() => undefined).finally(() => this.moving?.next === next && (this.moving = undefined));

@@ -4,7 +4,7 @@
 // the client, no polling); abort runs them here, as if nothing had happened.
 import type { DaemonLink } from './daemonlink.js';
 import type { WireError } from './errors.js';
-import { captureState } from './state.js';
+import { captureStateParts } from './state.js';
 import { writeStateFile } from './statefile.js';
 
 /** A call that arrived while migrating: run it later, or answer it without running it. */
@@ -151,10 +151,11 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   const quiesced = performance.now();
   let report: SnapshotReport;
   try {
-    const bytes = captureState();
-    writeStateFile(order.statePath, bytes);
+    const parts = captureStateParts();
+    writeStateFile(order.statePath, parts, false);
     const written = performance.now();
-    report = { id: order.id, bytes: bytes.length, quiesce_ms: quiesced - start, snapshot_ms: written - quiesced };
+    const bytes = parts[0].length + parts[1].length;
+    report = { id: order.id, bytes, quiesce_ms: quiesced - start, snapshot_ms: written - quiesced };
     migration.enter({ name: 'snapshotted', order, since });
   } catch (error) {
     report = { id: order.id, error: `the snapshot failed: ${(error as Error).message}` };

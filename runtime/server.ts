@@ -5,6 +5,8 @@ import { createServer, type AddressInfo, type Server as NetServer, type Socket }
 import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
+import { ClientRecords, complete, CompletionRecords, HELLO, type Completion, type SavedRecords } from './records.js';
+import { INTERNAL_PREFIX, registerInternal, restoreInternal } from './state.js';
 import { register, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
@@ -19,7 +21,11 @@ export interface ServeOptions {
   daemon?: string | false;
   /** The cluster key file; default `RPCMIG_KEY_FILE`. */
   keyFile?: string;
+  /** Milliseconds a silent client's completion records are kept; default `RPCMIG_RECORD_LEASE_MS`, then 60 s. */
+  recordLease?: number;
 }
+
+export const DEFAULT_RECORD_LEASE_MS = 60_000;
 
 export interface Server {
   readonly name: string;
@@ -42,6 +48,8 @@ class Connection {
   readonly outbox: Outbox;
   readonly peer: string;
   complained = false;
+  /** Set by the client's hello: its calls are recorded and answered once. */
+  client: ClientRecords | undefined;
 
   constructor(readonly socket: Socket) {
     this.outbox = new Outbox(socket);
@@ -52,6 +60,7 @@ class Connection {
 class RpcServer implements Server, Movable {
   address = '';
   readonly migration: Migration;
+  readonly records: CompletionRecords;
   private readonly connections = new Set<Connection>();
   private readonly procedures: Map<string, Procedure>;
   private executing = 0;
@@ -64,7 +73,9 @@ class RpcServer implements Server, Movable {
     private readonly target: object,
     private readonly net: NetServer,
     private readonly maxFrame: number,
+    leaseMs: number,
   ) {
+    this.records = new CompletionRecords(leaseMs);
     this.procedures = procedureTable(target);
     this.procedures.set(WHEREIS, () => (this.migration.phase.name === 'moved' ? this.migration.phase.to : this.address));
     this.migration = new Migration((line) => process.stderr.write(`rpcmig: ${name}: ${line}\n`));
@@ -93,7 +104,12 @@ class RpcServer implements Server, Movable {
       return this.badRequest(connection, message.msgid, message.bad);
     }
     if (message[0] === REQUEST) return this.execute(connection, message[1], message[2], message[3]);
-    if (message[0] === NOTIFICATION) return this.execute(connection, -1, message[1], message[2]);
+    if (message[0] === NOTIFICATION) {
+      if (message[1] !== HELLO) return this.execute(connection, -1, message[1], message[2]);
+      connection.client = this.records.hello(message[2]);
+      if (connection.client === undefined) this.complain(connection, 'a hello that is not [clientId, below]; its calls are not recorded');
+      return;
+    }
     this.badRequest(connection, message[1], 'a server takes requests and notifications, not responses');
   }
 
@@ -105,10 +121,24 @@ class RpcServer implements Server, Movable {
         answer: (error) => this.answer(connection, msgid, error, null),
       });
     }
+    const client = connection.client;
+    if (client === undefined || msgid < 0) return this.run(connection, msgid, method, params, undefined);
+    const known = client.calls.get(msgid);
+    if (known === undefined) {
+      if (msgid < client.below) return this.badRequest(connection, msgid, `call ${msgid} of this client was acknowledged already`);
+      return this.run(connection, msgid, method, params, client.start(msgid));
+    }
+    // A resend (its reply was lost): answered from the record, never run again.
+    const reply = (error: WireError | null, result: unknown) => this.answer(connection, msgid, error, result);
+    if (known.running) (known.waiting ??= []).push(reply);
+    else reply(known.error, known.result);
+  }
+
+  private run(connection: Connection, msgid: number, method: string, params: unknown[], completion: Completion | undefined): void {
     const procedure = this.procedures.get(method);
     if (procedure === undefined) {
       const error = { code: 'NO_SUCH_METHOD', message: `${this.name} has no procedure ${JSON.stringify(method)}` };
-      return this.answer(connection, msgid, error, null);
+      return this.outcome(connection, msgid, error, null, completion);
     }
     let result: unknown;
     let later: boolean;
@@ -116,20 +146,25 @@ class RpcServer implements Server, Movable {
       result = procedure.apply(this.target, params);
       later = isThenable(result);
     } catch (thrown) {
-      return this.answer(connection, msgid, appError(thrown), null);
+      return this.outcome(connection, msgid, appError(thrown), null, completion);
     }
-    if (!later) return this.answer(connection, msgid, null, result);
+    if (!later) return this.outcome(connection, msgid, null, result, completion);
     this.executing++;
     // Promise.resolve: a foreign thenable whose `then` throws becomes a rejection, not a crash.
     Promise.resolve(result).then(
-      (value) => this.finish(connection, msgid, null, value),
-      (thrown: unknown) => this.finish(connection, msgid, appError(thrown), null),
+      (value) => this.finish(connection, msgid, null, value, completion),
+      (thrown: unknown) => this.finish(connection, msgid, appError(thrown), null, completion),
     );
   }
 
-  private finish(connection: Connection, msgid: number, error: WireError | null, result: unknown): void {
-    this.answer(connection, msgid, error, result);
+  private finish(connection: Connection, msgid: number, error: WireError | null, result: unknown, completion: Completion | undefined): void {
+    this.outcome(connection, msgid, error, result, completion);
     if (--this.executing === 0) for (const resolve of this.idle.splice(0)) resolve();
+  }
+
+  private outcome(connection: Connection, msgid: number, error: WireError | null, result: unknown, completion: Completion | undefined): void {
+    if (completion !== undefined) complete(completion, error, result);
+    this.answer(connection, msgid, error, result);
   }
 
   whenIdle(): Promise<void> {
@@ -193,6 +228,7 @@ class RpcServer implements Server, Movable {
     await stopped;
     clearTimeout(cut);
     this.registration?.close();
+    this.records.close();
   }
 }
 
@@ -237,7 +273,13 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   // A daemon starting a moved server sets RPCMIG_HOST: the host written in the code was the old one's.
   const host = process.env.RPCMIG_HOST || options.host || '127.0.0.1';
   const net = createServer({ noDelay: true });
-  const server = new RpcServer(name, procedures, net, options.maxFrame ?? DEFAULT_MAX_FRAME);
+  const lease = options.recordLease ?? (Number(process.env.RPCMIG_RECORD_LEASE_MS) || DEFAULT_RECORD_LEASE_MS);
+  const server = new RpcServer(name, procedures, net, options.maxFrame ?? DEFAULT_MAX_FRAME, lease);
+  // The completion records travel in the state file, so a resend after a move is answered too.
+  const recordsKey = `${INTERNAL_PREFIX}records:${name}`;
+  const saved = restoreInternal(recordsKey);
+  if (saved !== undefined) server.records.restore(saved as SavedRecords);
+  registerInternal(recordsKey, () => server.records.save());
   await listen(net, host, options.port ?? envPort() ?? 0);
   const bound = net.address() as AddressInfo;
   server.address = formatAddress({ host, port: bound.port });

@@ -7,6 +7,7 @@
 //   node standby.js ENTRY [ARG ...]     with RPCMIG_STANDBY=<migration id>, RPCMIG_DAEMON, RPCMIG_KEY_FILE
 import Module from 'node:module';
 import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { loadKey, openDaemon } from './daemonlink.js';
 import { RESTORE_ENV, STANDBY_ENV } from './state.js';
 import { adoptLink } from './register.js';
@@ -16,6 +17,9 @@ async function main(): Promise<void> {
   const id = process.env[STANDBY_ENV];
   const [entry, ...argv] = process.argv.slice(2);
   if (!id || !entry) throw new Error(`usage: ${STANDBY_ENV}=<id> node standby.js ENTRY [ARG ...]`);
+  // An ES module program imports this runtime through the ESM loader, which reads the export
+  // names of a CommonJS module once per process: done here, it is off the critical path.
+  await import(pathToFileURL(require.resolve('./index.js')).href);
   const link = await openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey());
   const { statePath } = (await link.call('standby', [id])) as { statePath: string };
   delete process.env[STANDBY_ENV];

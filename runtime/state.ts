@@ -3,11 +3,18 @@
 // a process started with RPCMIG_RESTORE=<file> performs while its modules initialise.
 import { readFileSync } from 'node:fs';
 import { decodeGraph, encodeGraph } from './codec.js';
-import { decodeStateFile, encodeStateFile, type Fingerprints } from './statefile.js';
+import { decodeStateFile, encodeStateFile, stateFileParts, type Fingerprints } from './statefile.js';
 
 export const RESTORE_ENV = 'RPCMIG_RESTORE';
 /** Set by a daemon on a moved server's standby: the migration whose state it waits for. */
 export const STANDBY_ENV = 'RPCMIG_STANDBY';
+
+/**
+ * Keys the runtime saves for itself (a server's completion records): always accepted, never
+ * in a build's manifest.
+ */
+export const INTERNAL_PREFIX = 'rpcmig:';
+const INTERNAL_FINGERPRINT = 'rpcmig-internal-1';
 
 /** Every @migrate variable of the compiled program: key -> schema fingerprint. */
 export type Manifest = Readonly<Record<string, string>>;
@@ -60,13 +67,18 @@ export function program(current: Manifest): ProgramState {
 
 /** The state-file bytes of this process: every registered variable, as it is now. */
 export function captureState(): Buffer {
+  return Buffer.concat(captureStateParts());
+}
+
+/** The same as captureState(), as [header, body], without copying the body into one buffer. */
+export function captureStateParts(): [Buffer, Uint8Array] {
   const values: Record<string, unknown> = {};
   const fingerprints: Fingerprints = new Map();
   for (const [key, get] of getters) {
     values[key] = get();
-    fingerprints.set(key, manifest![key]);
+    fingerprints.set(key, key.startsWith(INTERNAL_PREFIX) ? INTERNAL_FINGERPRINT : manifest![key]);
   }
-  return encodeState(values, fingerprints);
+  return stateFileParts(fingerprints, encodeGraph(values, (proto) => classKeys.get(proto)));
 }
 
 /** Frames variables (key -> value) and their fingerprints as a state file. */
@@ -90,6 +102,7 @@ function incompatibilities(saved: Fingerprints, build: Manifest): string[] {
   const changed: string[] = [];
   const missing: string[] = [];
   for (const [key, fingerprint] of saved) {
+    if (key.startsWith(INTERNAL_PREFIX)) continue;
     if (!Object.hasOwn(build, key)) missing.push(key);
     else if (build[key] !== fingerprint) changed.push(key);
   }
@@ -114,6 +127,30 @@ function restore<T>(key: string, initial: T): T {
   }
   process.stderr.write(`rpcmig: ${key} is new in this build; it starts from its initialiser\n`);
   return initial;
+}
+
+/** Saves a runtime value under an internal key in every snapshot. */
+export function registerInternal(key: string, get: () => unknown): void {
+  getters.set(key, get);
+}
+
+/**
+ * The saved value of an internal key when this process restores, else undefined. A program
+ * without @migrate variables never read its file during module initialisation: it is read here.
+ */
+export function restoreInternal(key: string): unknown {
+  const path = process.env[RESTORE_ENV];
+  if (!path) return undefined;
+  if (!restored && !manifest) {
+    try {
+      restored = decodeState(readFileSync(path), {});
+    } catch (error) {
+      throw new Error(`rpcmig: cannot restore from ${path}: ${(error as Error).message}`);
+    }
+  }
+  const value = restored?.get(key);
+  restored?.delete(key);
+  return value;
 }
 
 function register(key: string, get: () => unknown): void {

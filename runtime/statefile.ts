@@ -29,23 +29,26 @@ export interface StateFile {
 
 /** Frames a body; copies it once, into the returned buffer. */
 export function encodeStateFile(fingerprints: Fingerprints, body: Uint8Array): Buffer {
+  return Buffer.concat(stateFileParts(fingerprints, body));
+}
+
+/** The file as [header with checksum, body]: written one after the other, with no copy of the body. */
+export function stateFileParts(fingerprints: Fingerprints, body: Uint8Array): [Buffer, Uint8Array] {
   const entries = [...fingerprints].map(([key, print]) => [Buffer.from(key), Buffer.from(print)]);
   const entryBytes = entries.reduce((sum, [key, print]) => sum + 4 + key.length + print.length, 0);
-  const headerLength = MAGIC.length + 2 + 4 + entryBytes + 8;
-  const file = Buffer.allocUnsafe(headerLength + CHECKSUM_BYTES + body.length);
-  let at = MAGIC.copy(file, 0);
-  at = file.writeUInt16BE(FORMAT_VERSION, at);
-  at = file.writeUInt32BE(entries.length, at);
+  const header = Buffer.allocUnsafe(MAGIC.length + 2 + 4 + entryBytes + 8 + CHECKSUM_BYTES);
+  let at = MAGIC.copy(header, 0);
+  at = header.writeUInt16BE(FORMAT_VERSION, at);
+  at = header.writeUInt32BE(entries.length, at);
   for (const [key, print] of entries) {
-    at = file.writeUInt16BE(key.length, at);
-    at += key.copy(file, at);
-    at = file.writeUInt16BE(print.length, at);
-    at += print.copy(file, at);
+    at = header.writeUInt16BE(key.length, at);
+    at += key.copy(header, at);
+    at = header.writeUInt16BE(print.length, at);
+    at += print.copy(header, at);
   }
-  at = file.writeBigUInt64BE(BigInt(body.length), at);
-  file.set(body, at + CHECKSUM_BYTES);
-  checksum(file.subarray(0, at), body).copy(file, at);
-  return file;
+  at = header.writeBigUInt64BE(BigInt(body.length), at);
+  checksum(header.subarray(0, at), body).copy(header, at);
+  return [header, body];
 }
 
 /** Parses and verifies a state file; throws an Error saying what is wrong with it. */
@@ -115,19 +118,25 @@ class Reader {
 }
 
 /**
- * Writes durably: to a temporary name, fsync, rename over `path`, fsync the directory, so a
- * crash leaves either the old file or the complete new one.
+ * Writes to a temporary name and renames it over `path`, so no reader ever sees a partial
+ * file. `durable` (the default) adds an fsync of the file before the rename and of the
+ * directory after, so a crash leaves either the old file or the complete new one. A migration's
+ * snapshot is not durable: it lives only for the move, the server keeps its state in memory
+ * until the commit, and a crash of either host ends the move, so nothing would read it back.
  */
-export function writeStateFile(path: string, bytes: Uint8Array): void {
+export function writeStateFile(path: string, bytes: Uint8Array | Uint8Array[], durable = true): void {
   const temporary = `${path}.${process.pid}.tmp`;
   const fd = openSync(temporary, 'w', 0o600);
   try {
-    for (let at = 0; at < bytes.length;) at += writeSync(fd, bytes, at, bytes.length - at);
-    fsyncSync(fd);
+    for (const part of Array.isArray(bytes) ? bytes : [bytes]) {
+      for (let at = 0; at < part.length;) at += writeSync(fd, part, at, part.length - at);
+    }
+    if (durable) fsyncSync(fd);
   } finally {
     closeSync(fd);
   }
   renameSync(temporary, path);
+  if (!durable) return;
   const directory = openSync(dirname(path), 'r');
   try {
     fsyncSync(directory);

@@ -8,7 +8,8 @@ import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } 
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
-import { writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
+import { CLI, cleanEnv, writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
+import { spawnSync } from 'node:child_process';
 import { isAlive, ROOT, stop, waitFor, type Started } from './helpers/process.js';
 
 /** The procedures of fixtures/counter and fixtures/rdict (ESM programs, typed here by hand). */
@@ -198,6 +199,20 @@ test('the destination runs a standby ahead of the state; a program without one i
   breakdown(await cluster.migrate('cold', a, b, ['--grace', '0.2']));
   assert.is(await coldClient.get(), 4);
   assert.is.not((await coldClient.where()).pid, started.pid);
+});
+
+test('on a terminal, a copy that runs long shows its progress; elsewhere nothing is added', async () => {
+  const eager = await cluster.daemon({ RPCMIG_PROGRESS_AFTER_MS: '0' });
+  const { name, client } = await counterOn(eager);
+  await client.incr(1);
+  const command = [process.execPath, CLI, 'migrate', name, '--daemon', eager.address, '--to', b.address, '--grace', '0.2'].join(' ');
+  const onTerminal = spawnSync('script', ['-qec', command, '/dev/null'], { env: cleanEnv({ RPCMIG_KEY_FILE: cluster.key.file }), encoding: 'utf8', timeout: 30_000 });
+  assert.is(onTerminal.status, 0, onTerminal.stdout);
+  assert.match(onTerminal.stdout, /\r\x1b\[Kcopy: 0\.0 of 0\.0 MB sent, \d+ MB\/s/);
+  assert.match(onTerminal.stdout, /\r\x1b\[Kmigrated /);
+  const piped = await cluster.migrate(name, b, eager, ['--grace', '0.2']);
+  assert.is(piped.code, 0);
+  assert.is(piped.stderr, '');
 });
 
 /** After a failed move: the source serves the same state, the destination holds nothing of it. */

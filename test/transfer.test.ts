@@ -8,7 +8,7 @@ import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { RpcmigError } from '../runtime/errors.js';
-import { BlobReceiver, BlobStore, buildManifest, chunkFile, sendBlobs, findPackageRoot, hashStats, manifestId, materialize, type Manifest } from '../daemon/transfer.js';
+import { BlobReceiver, BlobStore, buildManifest, chunkFile, sendBlobs, findPackageRoot, hashStats, manifestId, materialize, type Manifest, type Piece } from '../daemon/transfer.js';
 
 const base = mkdtempSync(join(tmpdir(), 'rpcmig-transfer-'));
 test.after(() => rmSync(base, { recursive: true, force: true }));
@@ -113,7 +113,7 @@ test('an unchanged tree gives the same id from cached hashes; a changed file is 
 /** Ships every missing blob the way the coordinator will, with the receiver called directly. */
 async function ship(root: string, manifest: Manifest, store: BlobStore): Promise<number> {
   const receiver = new BlobReceiver(store, manifest);
-  return sendBlobs(root, manifest, await store.missing(manifest), (...piece) => receiver.receive(...piece), { chunkSize: 4096 });
+  return sendBlobs(root, manifest, await store.missing(manifest), (pieces) => receiver.receive(pieces), { chunkSize: 4096 });
 }
 
 test('shipped once, nothing is missing; the materialised program runs, hard-linked to the store', async () => {
@@ -222,7 +222,7 @@ async function receiverFor(content: string): Promise<{ store: BlobStore; receive
 
 test('a blob whose bytes do not match its hash is refused and leaves nothing behind', async () => {
   const { store, receiver, hash, spool } = await receiverFor('right');
-  assert.match((await failure(receiver.receive(hash, 0, Buffer.from('wrong'), true))).message, /content hashes to /);
+  assert.match((await failure(receiver.receive([[hash, 0, Buffer.from('wrong'), true]]))).message, /content hashes to /);
   assert.not.ok(await store.has(hash));
   assert.equal(listAll(join(spool, 'blobs')), ['tmp']);
   assert.match((await failure(store.put(hash, Buffer.from('wrong')))).message, /content hashes to /);
@@ -232,17 +232,98 @@ test('a blob whose bytes do not match its hash is refused and leaves nothing beh
 test('pieces out of order, too long, short or not asked for are refused', async () => {
   const { receiver, hash, spool } = await receiverFor('0123456789');
   const refusal = (reason: string) => `blob "${hash}" refused: ${reason}`;
-  assert.is((await failure(receiver.receive(hash, 4, Buffer.from('4567'), false))).message, refusal('first piece at offset 4'));
-  await receiver.receive(hash, 0, Buffer.from('0123'), false);
-  assert.is((await failure(receiver.receive(hash, 8, Buffer.from('89'), true))).message, refusal('piece at offset 8, expected 4'));
+  assert.is((await failure(receiver.receive([[hash, 4, Buffer.from('4567'), false]]))).message, refusal('first piece at offset 4'));
+  await receiver.receive([[hash, 0, Buffer.from('0123'), false]]);
+  assert.is((await failure(receiver.receive([[hash, 8, Buffer.from('89'), true]]))).message, refusal('piece at offset 8, expected 4'));
   assert.equal(listAll(join(spool, 'blobs')), ['tmp']);
-  assert.is((await failure(receiver.receive(hash, 0, Buffer.from('0123456789!'), true))).message, refusal('longer than 10 bytes'));
-  assert.is((await failure(receiver.receive(hash, 0, Buffer.from('01234'), true))).message, refusal('ended at 5 bytes, the manifest says 10'));
-  assert.match((await failure(receiver.receive(sha('other'), 0, Buffer.from('other'), true))).message, /not a file of the manifest/);
-  await receiver.receive(hash, 0, Buffer.from('01234'), false);
+  assert.is((await failure(receiver.receive([[hash, 0, Buffer.from('0123456789!'), true]]))).message, refusal('longer than 10 bytes'));
+  assert.is((await failure(receiver.receive([[hash, 0, Buffer.from('01234'), true]]))).message, refusal('ended at 5 bytes, the manifest says 10'));
+  assert.match((await failure(receiver.receive([[sha('other'), 0, Buffer.from('other'), true]]))).message, /not a file of the manifest/);
+  await receiver.receive([[hash, 0, Buffer.from('01234'), false]]);
   await receiver.abort();
   assert.equal(listAll(join(spool, 'blobs')), ['tmp']);
-  assert.ok(await receiver.receive(hash, 0, Buffer.from('0123456789'), true));
+  assert.ok(await receiver.receive([[hash, 0, Buffer.from('0123456789'), true]]));
+});
+
+test('a batch carries many blobs; a bad piece in it is refused and only whole blobs remain', async () => {
+  const spool = freshDir();
+  const store = await BlobStore.open(spool);
+  const contents = ['first', 'second', 'third'];
+  const receiver = new BlobReceiver(store, { entries: contents.map((c) => file(`${c}.js`, c)) });
+  const error = await failure(receiver.receive([
+    [sha('first'), 0, Buffer.from('first'), true],
+    [sha('second'), 0, Buffer.from('sec'), false],
+    [sha('third'), 0, Buffer.from('THIRD'), true],
+    [sha('second'), 3, Buffer.from('ond'), true],
+  ]));
+  assert.match(error.message, new RegExp(`^blob "${sha('third')}" refused: content hashes to `));
+  assert.equal(await store.missing({ entries: contents.map((c) => file(`${c}.js`, c)) }), [sha('third')]);
+  assert.equal(listAll(join(spool, 'blobs', 'tmp')), []);
+  assert.is(await receiver.receive([[sha('third'), 0, Buffer.from('third'), true]]), 1);
+  assert.is((await failure(receiver.receive([]))).message, 'blob "" refused: a batch of 0 pieces');
+});
+
+test('small files travel many to a call, large ones in bounded pieces', async () => {
+  const root = freshDir();
+  writeTree(root, { 'package.json': '{}', 'a.js': 'a', 'b.js': 'b', 'big.bin': 'x'.repeat(10_000) });
+  const manifest = await buildManifest(root, { exclude: [] });
+  const receiver = new BlobReceiver(await BlobStore.open(freshDir()), manifest);
+  const calls: number[][] = [];
+  const send = (pieces: Piece[]) => (calls.push(pieces.map((piece) => piece[2].length)), receiver.receive(pieces));
+  assert.is(await sendBlobs(root, manifest, manifest.entries.map((e) => (e as { hash: string }).hash), send, { chunkSize: 4096 }), 10_004);
+  assert.equal(calls, [[1, 1, 4096, 4096, 1808, 2]]);
+});
+
+test('pieces of one blob in one batch must be in order', async () => {
+  const { receiver, hash, spool } = await receiverFor('0123456789');
+  const error = await failure(receiver.receive([[hash, 0, Buffer.from('0123'), false], [hash, 6, Buffer.from('6789'), true]]));
+  assert.is(error.message, `blob "${hash}" refused: piece at offset 6, expected 4`);
+  assert.equal(listAll(join(spool, 'blobs')), ['tmp']);
+});
+
+const MARKER = 'unsynced';
+const bootId = (): string => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+
+test('blobs arrive unsynced under a durable marker, which a checkpoint removes', async () => {
+  const { store, receiver, hash, spool } = await receiverFor('content');
+  assert.not.ok(lstatSync(join(spool, 'blobs', MARKER), { throwIfNoEntry: false }));
+  assert.is(await receiver.receive([[hash, 0, Buffer.from('content'), true]]), 1);
+  assert.is(readFileSync(join(spool, 'blobs', MARKER), 'utf8'), bootId());
+  await store.checkpoint();
+  assert.not.ok(lstatSync(join(spool, 'blobs', MARKER), { throwIfNoEntry: false }));
+  assert.ok(await store.has(hash));
+});
+
+/** A store holding `whole` and `torn` (right name, size and seal, wrong bytes), left with `marker`. */
+async function crashedStore(marker: string): Promise<string> {
+  const spool = freshDir();
+  const store = await BlobStore.open(spool);
+  await store.put(sha('whole'), Buffer.from('whole'));
+  await store.put(sha('torn!'), Buffer.from('torn!'));
+  await store.checkpoint();
+  const torn = store.path(sha('torn!'));
+  chmodSync(torn, 0o644);
+  writeFileSync(torn, '\0\0\0\0\0');
+  utimesSync(torn, 0, 0);
+  writeFileSync(join(spool, 'blobs', MARKER), marker);
+  return spool;
+}
+
+test('after a reboot that left the marker, torn blobs are dropped and whole ones kept', async () => {
+  const spool = await crashedStore('an earlier boot');
+  const store = await BlobStore.open(spool);
+  assert.ok(await store.has(sha('whole')));
+  assert.not.ok(await store.has(sha('torn!')));
+  assert.not.ok(lstatSync(join(spool, 'blobs', MARKER), { throwIfNoEntry: false }));
+});
+
+test('after a daemon restart on the same boot, the page cache holds the blobs: the marker waits for a checkpoint', async () => {
+  const spool = await crashedStore(bootId());
+  const store = await BlobStore.open(spool);
+  assert.ok(await store.has(sha('torn!')), 'not re-hashed: no data was lost');
+  assert.ok(lstatSync(join(spool, 'blobs', MARKER), { throwIfNoEntry: false }));
+  await store.checkpoint();
+  assert.not.ok(lstatSync(join(spool, 'blobs', MARKER), { throwIfNoEntry: false }));
 });
 
 test('a file changed after the manifest was built is refused at the source', async () => {
