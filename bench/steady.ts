@@ -1,6 +1,9 @@
-// The steady-state cost of @migrate: calls/s of fixtures/five (five annotated variables) as
-// the transformer builds it, against the same source compiled without the transformer, same
-// run, turns taken in rotation. Prints a table and writes its section of bench/RESULTS.md.
+// Steady-state costs, calls/s of `add(a, b)` in a closed loop, same run, turns in rotation:
+//   1. @migrate: fixtures/five (five annotated variables) as the transformer builds it, against
+//      the same source compiled without the transformer (issue 5, goal ≥ 0.97×);
+//   2. exactly once: clients with call ids (hello, completion records on the server) against
+//      clients without (issue 6, goal ≥ 0.95×).
+// Prints tables and writes its section of bench/RESULTS.md.
 //   node dist/bench/steady.js
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -28,7 +31,7 @@ function compilePlain(): void {
   writeFileSync(PLAIN, outputText);
 }
 
-/** Calls/s of `add` over `connections` connections with IN_FLIGHT calls each, for `ms`. */
+/** Calls/s of `add` over the clients, IN_FLIGHT calls in flight in all, for `ms`. */
 async function turn(clients: Client<Five>[], ms: number): Promise<number> {
   const until = performance.now() + ms;
   let calls = 0;
@@ -41,44 +44,60 @@ async function turn(clients: Client<Five>[], ms: number): Promise<number> {
   return calls / (ms / 1000);
 }
 
+async function clientsOf(server: Started, connections: number, exactlyOnce: boolean): Promise<Client<Five>[]> {
+  const [host, port] = server.ready[0].split(':');
+  return Promise.all(Array.from({ length: connections }, () => connect<Five>({ host, port: Number(port), exactlyOnce })));
+}
+
+/** Median calls/s of two setups, measured in alternating turns. */
+async function compare(a: Client<Five>[], b: Client<Five>[]): Promise<[number, number]> {
+  await turn(a, 300);
+  await turn(b, 300);
+  const rates: [number[], number[]] = [[], []];
+  for (let t = 0; t < TURNS; t++) {
+    rates[0].push(await turn(a, TURN_MS));
+    rates[1].push(await turn(b, TURN_MS));
+  }
+  await Promise.all([...a, ...b].map((client) => client.close()));
+  return [median(rates[0]), median(rates[1])];
+}
+
+const rate = (x: number) => Math.round(x).toLocaleString('en-US');
+
 async function main(): Promise<void> {
   compilePlain();
   const servers: Started[] = [];
   try {
-    const rows: string[] = [];
+    const built = await startNode(BUILT, { args: ['built'], cwd: join(ROOT, 'fixtures') });
+    servers.push(built);
+    const plain = await startNode(PLAIN, { args: ['plain'], cwd: join(ROOT, 'fixtures') });
+    servers.push(plain);
+    const migrateRows: string[] = [];
+    const onceRows: string[] = [];
     for (const connections of [1, 16]) {
-      const rates = { transformed: [] as number[], plain: [] as number[] };
-      for (const [label, script] of [['transformed', BUILT], ['plain', PLAIN]] as const) {
-        servers.push(await startNode(script, { args: [label], cwd: join(ROOT, 'fixtures') }));
-        void label;
-      }
-      const [built, plain] = servers.slice(-2);
-      const connectTo = async (s: Started) => {
-        const [host, port] = s.ready[0].split(':');
-        return Promise.all(Array.from({ length: connections }, () => connect<Five>({ host, port: Number(port) })));
-      };
-      const builtClients = await connectTo(built);
-      const plainClients = await connectTo(plain);
-      await turn(builtClients, 300);
-      await turn(plainClients, 300);
-      for (let t = 0; t < TURNS; t++) {
-        rates.transformed.push(await turn(builtClients, TURN_MS));
-        rates.plain.push(await turn(plainClients, TURN_MS));
-      }
-      await Promise.all([...builtClients, ...plainClients].map((c) => c.close()));
-      const a = median(rates.transformed);
-      const b = median(rates.plain);
-      rows.push(`| ${connections} connection${connections > 1 ? 's' : ''}, ${IN_FLIGHT} calls in flight | ${Math.round(a).toLocaleString('en-US')} | ${Math.round(b).toLocaleString('en-US')} | ${(a / b).toFixed(3)} |`);
-      console.log(rows.at(-1));
+      const label = `${connections} connection${connections > 1 ? 's' : ''}, ${IN_FLIGHT} calls in flight`;
+      const [withT, withoutT] = await compare(await clientsOf(built, connections, false), await clientsOf(plain, connections, false));
+      migrateRows.push(`| ${label} | ${rate(withT)} | ${rate(withoutT)} | ${(withT / withoutT).toFixed(3)} |`);
+      const [once, bare] = await compare(await clientsOf(built, connections, true), await clientsOf(built, connections, false));
+      onceRows.push(`| ${label} | ${rate(once)} | ${rate(bare)} | ${(once / bare).toFixed(3)} |`);
+      console.log(migrateRows.at(-1), onceRows.at(-1));
     }
     const markdown = [
-      '## bench/steady — calls/s with five @migrate variables vs the same server built without the transformer',
+      '## bench/steady — what @migrate and exactly-once cost per call',
       '',
-      `Machine: ${machine()}. Command: \`node dist/bench/steady.js\`. fixtures/five/server.ts built by tspc with the transformer, and the same file transpiled by TypeScript alone; \`add(a, b)\` in a closed loop, median of ${TURNS} turns of ${TURN_MS} ms each, taken in rotation. Goal ≥ 0.97×.`,
+      `Machine: ${machine()}. Command: \`node dist/bench/steady.js\`. \`add(a, b)\` in a closed loop, ${IN_FLIGHT} calls in flight, median of ${TURNS} turns of ${TURN_MS} ms each, taken in rotation; each server in its own process.`,
+      '',
+      'fixtures/five/server.ts built by tspc with the transformer, against the same file transpiled by TypeScript alone (clients without call ids). Goal ≥ 0.97×.',
       '',
       '| row | transformed calls/s | plain calls/s | transformed ÷ plain |',
       '| --- | ---: | ---: | ---: |',
-      ...rows,
+      ...migrateRows,
+      '',
+      'The transformed server, called by clients with call ids (hello; the server keeps completion records) and by clients without (`exactlyOnce: false`). Goal ≥ 0.95×.',
+      '',
+      '| row | with ids calls/s | without calls/s | with ÷ without |',
+      '| --- | ---: | ---: | ---: |',
+      ...onceRows,
     ].join('\n');
     writeSection('steady', markdown);
   } finally {

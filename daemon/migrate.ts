@@ -14,6 +14,7 @@ import { deferred, type Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
 import type { Names, Server } from './names.js';
 import { buildManifest, sendBlobs, sendFile, type Manifest } from './transfer.js';
+import { isFileEntry } from './validate.js';
 
 export interface SourceContext {
   key: Buffer;
@@ -206,7 +207,13 @@ export class Coordinator {
   }
 
   private ship(move: Move, root: string, manifest: Manifest, lacking: string[]): Promise<number> {
-    return sendBlobs(root, manifest, lacking, (pieces) => this.call(move, 'blob', [move.id, pieces]));
+    const wanted = new Set(lacking);
+    const total = manifest.entries.reduce((sum, e) => sum + (isFileEntry(e) && wanted.delete(e.hash) ? e.size : 0), 0);
+    move.progress.begin('prepare', total);
+    return sendBlobs(root, manifest, lacking, async (pieces) => {
+      await this.call(move, 'blob', [move.id, pieces]);
+      move.progress.add(pieces.reduce((sum, [, , bytes]) => sum + bytes.length, 0));
+    });
   }
 
   /** Step 3: SIGUSR2; the server takes the order, quiesces, writes its snapshot and reports. */

@@ -17,8 +17,6 @@ export interface ChannelHooks {
   sequence?(): number;
   /** The params of the hello sent first on the connection: [clientId, below]. */
   hello?(): unknown[];
-  /** The call has its outcome (a result or a final error). */
-  settled?(call: Pending): void;
 }
 
 const MAX_MSGID = 0xffffffff;
@@ -32,6 +30,8 @@ export interface Pending {
   deadline: number;
   /** Redirects followed so far. */
   hops: number;
+  /** Times sent again after its connection was lost. */
+  resends: number;
   resolve(result: unknown): void;
   reject(error: Error): void;
 }
@@ -50,7 +50,8 @@ export class Channel {
   private nextId = 0;
   private timer: NodeJS.Timeout | undefined;
   private lost: RpcmigError | undefined;
-  private readonly ended: Promise<void>;
+  /** Resolves once the connection is closed. */
+  readonly ended: Promise<void>;
   private retiring = false;
 
   constructor(
@@ -81,7 +82,7 @@ export class Channel {
     }
     const promise = new Promise(park);
     const seq = this.hooks.sequence ? this.hooks.sequence() : -1;
-    this.send({ seq, method, params, deadline: Date.now() + this.timeout, hops: 0, resolve: parkedResolve, reject: parkedReject });
+    this.send({ seq, method, params, deadline: Date.now() + this.timeout, hops: 0, resends: 0, resolve: parkedResolve, reject: parkedReject });
     return promise;
   }
 
@@ -93,8 +94,14 @@ export class Channel {
 
   /** Ends a call with an error (every failure of a call passes here). */
   private fail(call: Pending, error: Error): void {
-    this.hooks.settled?.(call);
     call.reject(error);
+  }
+
+  /** The lowest msgid still waiting for its reply here, if any. */
+  lowest(): number | undefined {
+    let lowest: number | undefined;
+    for (const id of this.pending.keys()) if (lowest === undefined || id < lowest) lowest = id;
+    return lowest;
   }
 
   /** A notification; nothing comes back. */
@@ -125,10 +132,7 @@ export class Channel {
     const call = this.pending.get(id);
     if (call === undefined) return; // it timed out already
     this.pending.delete(id);
-    if (error === null || error === undefined) {
-      this.hooks.settled?.(call);
-      call.resolve(result);
-    }
+    if (error === null || error === undefined) call.resolve(result);
     else if (this.hooks.reroute && (error.code === 'MOVED' || error.code === 'MIGRATING')) this.hooks.reroute(call, error);
     else this.fail(call, RpcmigError.fromWire(error));
     if (this.retiring && this.pending.size === 0) void this.close();

@@ -15,6 +15,12 @@ import { formatAddress, loadKey, openDaemon, parseAddress } from './daemonlink.j
 export interface CallOptions {
   /** Milliseconds each call (and connecting) may take before TIMEOUT; default 30 s. */
   timeout?: number;
+  /**
+   * Default true: calls carry the client's id and number, a call whose connection was lost is
+   * sent again until its deadline, and the server answers a repeat from its completion
+   * record. false: no id, and such a call fails UNKNOWN_OUTCOME (it may or may not have run).
+   */
+  exactlyOnce?: boolean;
 }
 export interface DirectTarget extends CallOptions {
   host: string;
@@ -45,6 +51,8 @@ export type Client<T> = Remote<T> & {
 export const DEFAULT_TIMEOUT = 30_000;
 /** Redirects one call may follow before it fails: a cycle or a runaway chain ends here. */
 const MAX_HOPS = 8;
+/** Times one call is sent again after losing its connection (its deadline bounds it too). */
+const MAX_RESENDS = 64;
 const FIRST_RETRY_MS = 5;
 const LAST_RETRY_MS = 250;
 /** How often (in calls) a client acknowledges the outcomes it has, so the server may drop them. */
@@ -62,15 +70,11 @@ class Follower {
   private closed = false;
   private id = newClientId();
   private seq = 0;
-  /** The numbers of calls without an outcome yet, wherever they are (sent, or between servers). */
-  private readonly outstanding = new Set<number>();
-  private readonly hooks: ChannelHooks = {
-    reroute: (call, error) => this.reroute(call, error),
-    orphaned: (calls, cause) => this.orphaned(calls, cause),
-    sequence: () => this.sequence(),
-    hello: () => [this.id, this.lowest()],
-    settled: (call) => this.outstanding.delete(call.seq),
-  };
+  /** Channels that may still have calls in flight: the current one, and old ones draining. */
+  private readonly channels = new Set<Channel>();
+  /** Calls between channels: redirected or orphaned, not yet sent again. */
+  private readonly limbo = new Set<Pending>();
+  private readonly hooks: ChannelHooks;
 
   constructor(
     socket: Socket,
@@ -78,18 +82,32 @@ class Follower {
     private readonly timeout: number,
     /** Where the server is now, asked of its daemon; for a direct client, its last address. */
     private readonly locate: () => Promise<string>,
+    exactlyOnce: boolean,
   ) {
-    this.channel = new Channel(socket, address, timeout, this.hooks);
+    const reroute = (call: Pending, error: WireError) => this.reroute(call, error);
+    this.hooks = !exactlyOnce ? { reroute } : {
+      reroute,
+      orphaned: (calls, cause) => this.orphaned(calls, cause),
+      sequence: () => this.sequence(),
+      hello: () => [this.id, this.lowest()],
+    };
+    this.channel = this.track(new Channel(socket, address, timeout, this.hooks));
+  }
+
+  private track(channel: Channel): Channel {
+    this.channels.add(channel);
+    void channel.ended.then(() => this.channels.delete(channel));
+    return channel;
   }
 
   private open(address: string, deadline: number): Promise<Channel> {
     const where = parseAddress(address, 0);
-    return openRetrying(where.host, where.port, deadline).then((socket) => new Channel(socket, formatAddress(where), this.timeout, this.hooks));
+    return openRetrying(where.host, where.port, deadline).then((socket) => this.track(new Channel(socket, formatAddress(where), this.timeout, this.hooks)));
   }
 
   call(method: string, params: unknown[]): Promise<unknown> {
     // Every ACK_EVERY calls the server learns which outcomes it may forget.
-    if ((this.seq & (ACK_EVERY - 1)) === 0 && this.seq > 0) this.channel.notify(HELLO, this.hooks.hello!());
+    if ((this.seq & (ACK_EVERY - 1)) === 0 && this.seq > 0 && this.hooks.hello) this.channel.notify(HELLO, this.hooks.hello());
     if (this.channel.usable || this.closed) return this.channel.call(method, params);
     return this.reconnect().then((channel) => channel.call(method, params));
   }
@@ -100,20 +118,29 @@ class Follower {
       this.id = newClientId();
       this.seq = 0;
     }
-    this.outstanding.add(this.seq);
     return this.seq++;
   }
 
-  /** Every call below this number has its outcome: the server may forget them. */
+  /** Every call below this number has its outcome, so the server may forget it. */
   private lowest(): number {
     let lowest = this.seq;
-    for (const seq of this.outstanding) if (seq < lowest) lowest = seq;
+    for (const call of this.limbo) lowest = Math.min(lowest, call.seq);
+    for (const channel of this.channels) lowest = Math.min(lowest, channel.lowest() ?? lowest);
     return lowest;
+  }
+
+  /** A call leaves its channel to be sent again: it counts as outstanding until it is. */
+  private resend(call: Pending, next: Promise<Channel>): void {
+    this.limbo.add(call);
+    next.then((channel) => {
+      this.limbo.delete(call);
+      channel.adopt(call);
+    }, (error: Error) => this.fail(call, error));
   }
 
   /** Ends a call with an error outside any channel. */
   private fail(call: Pending, error: Error): void {
-    this.outstanding.delete(call.seq);
+    this.limbo.delete(call);
     call.reject(error);
   }
 
@@ -125,9 +152,11 @@ class Follower {
     for (const call of calls) {
       const unknown = (why: string) => this.fail(call, new RpcmigError('UNKNOWN_OUTCOME', `${cause.message} after ${call.method} was sent; ${why}; it may or may not have run`));
       if (this.closed) unknown('the client was closed');
-      else if (++call.hops > MAX_HOPS) unknown(`sent ${MAX_HOPS} times without an answer`);
+      else if (++call.resends > MAX_RESENDS) unknown(`sent ${MAX_RESENDS} times without an answer`);
       else if (Date.now() >= call.deadline) unknown('its deadline passed');
-      else this.current(call.deadline, true).then((channel) => channel.adopt(call), (error: Error) => unknown(`no server could be reached again (${error.message})`));
+      else this.resend(call, this.current(call.deadline, true).catch((error: Error) => {
+        throw new RpcmigError('UNKNOWN_OUTCOME', `${cause.message} after ${call.method} was sent; no server could be reached again (${error.message}); it may or may not have run`);
+      }));
     }
   }
 
@@ -142,11 +171,11 @@ class Follower {
     if (this.closed) return this.fail(call, new RpcmigError('CLOSED', `the client was closed before ${call.method} was sent again`));
     if (error.code === 'MIGRATING') {
       const wait = Math.min(LAST_RETRY_MS, FIRST_RETRY_MS << call.hops);
-      setTimeout(() => this.current(call.deadline).then((channel) => channel.adopt(call), (e: Error) => this.fail(call, e)), wait);
+      this.resend(call, new Promise((resolve) => setTimeout(resolve, wait)).then(() => this.current(call.deadline)));
       return;
     }
     if (typeof error.to !== 'string') return this.fail(call, RpcmigError.fromWire(error));
-    this.follow(error.to, call.deadline).then((channel) => channel.adopt(call), (e: Error) => this.fail(call, e));
+    this.resend(call, this.follow(error.to, call.deadline));
   }
 
   /** The channel to `to`: the current one if it is there already, else one being opened. */
@@ -283,5 +312,6 @@ export async function connect<T extends object>(target: string | DirectTarget, o
   const locate = typeof target === 'string' ? async () => (last = await lookup(target, options)) : async () => last;
   const where = parseAddress(last, 0);
   const socket = await openSocket(where.host, where.port, Math.min(timeout, DEFAULT_TIMEOUT));
-  return proxy<T>(new Follower(socket, formatAddress(where), timeout, locate));
+  const exactlyOnce = (typeof target === 'string' ? options.exactlyOnce : target.exactlyOnce) ?? true;
+  return proxy<T>(new Follower(socket, formatAddress(where), timeout, locate, exactlyOnce));
 }

@@ -37,6 +37,8 @@ export interface Server {
 
 /** The built-in procedure answering the server's current address (the paper's step (b)). */
 export const WHEREIS = 'rpcmig.whereis';
+/** The built-in procedure answering `{ clients, records }`: the completion records held now. */
+export const STATS = 'rpcmig.stats';
 
 type Procedure = (...params: unknown[]) => unknown;
 
@@ -78,6 +80,7 @@ class RpcServer implements Server, Movable {
     this.records = new CompletionRecords(leaseMs);
     this.procedures = procedureTable(target);
     this.procedures.set(WHEREIS, () => (this.migration.phase.name === 'moved' ? this.migration.phase.to : this.address));
+    this.procedures.set(STATS, () => ({ clients: this.records.clientCount, records: this.records.size }));
     this.migration = new Migration((line) => process.stderr.write(`rpcmig: ${name}: ${line}\n`));
     net.on('connection', (socket) => this.accept(socket));
   }

@@ -30,8 +30,8 @@ export class Cluster {
   }
 
   /** Starts `node script ...args` registered with `daemon`; resolves once it listens. */
-  async server(script: string, daemon: DaemonProcess, args: string[] = []): Promise<Started> {
-    const env = cleanEnv({ RPCMIG_DAEMON: daemon.address, RPCMIG_KEY_FILE: this.key.file });
+  async server(script: string, daemon: DaemonProcess, args: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Promise<Started> {
+    const env = cleanEnv({ RPCMIG_DAEMON: daemon.address, RPCMIG_KEY_FILE: this.key.file, ...extraEnv });
     const started = await startNode(script, { args, env, cwd: join(ROOT, 'fixtures') });
     this.servers.add(started.pid);
     return started;
