@@ -38,6 +38,12 @@ export interface Shipment {
 
 type Phase = 'receiving' | 'starting' | 'started';
 
+/** Where the started server serves, and its epoch. */
+interface Arrived {
+  address: string;
+  epoch: number;
+}
+
 interface Arrival extends Shipment {
   peer: object;
   phase: Phase;
@@ -57,7 +63,7 @@ const ID = /^[0-9a-f]{16}$/;
 export class Arrivals {
   private readonly arrivals = new Map<string, Arrival>();
   /** Servers started here and not registered yet, by name. */
-  private readonly awaited = new Map<string, { pid: number; registered(address: string): void }>();
+  private readonly awaited = new Map<string, { pid: number; registered(arrived: Arrived): void }>();
 
   constructor(private readonly ctx: ArrivalContext) {}
 
@@ -134,11 +140,11 @@ export class Arrivals {
   }
 
   /** Starts the restored server (hands the state to the standby, or starts cold); waits until it registered. */
-  async start(id: unknown): Promise<{ address: string; pid: number }> {
+  async start(id: unknown): Promise<Arrived & { pid: number }> {
     const arrival = this.receiving(id);
     if (!arrival.state.complete) throw refuseMigration('the state file has not arrived whole');
     arrival.phase = 'starting';
-    const registered = new Promise<string>((resolve) => this.awaited.set(arrival.name, { pid: 0, registered: resolve }));
+    const registered = new Promise<Arrived>((resolve) => this.awaited.set(arrival.name, { pid: 0, registered: resolve }));
     let started: Launched | undefined;
     try {
       const { launched, log } = arrival.standby ?? await this.coldStart(arrival);
@@ -153,10 +159,10 @@ export class Arrivals {
         }
         return Promise.race([registered, died]);
       })();
-      const address = await within(START_TIMEOUT_MS, serving, late);
+      const arrived = await within(START_TIMEOUT_MS, serving, late);
       arrival.phase = 'started';
       await rm(arrival.dir, { recursive: true, force: true });
-      return { address, pid: launched.pid };
+      return { ...arrived, pid: launched.pid };
     } catch (error) {
       if (started) kill(started.pid);
       throw error;
@@ -185,7 +191,7 @@ export class Arrivals {
   /** Called for every registration: the server a migration started has arrived. */
   registered(server: Server, address: string): void {
     const awaited = this.awaited.get(server.name);
-    if (awaited && awaited.pid === server.pid) awaited.registered(address);
+    if (awaited && awaited.pid === server.pid) awaited.registered({ address, epoch: server.epoch ?? 0 });
   }
 
   /** The source recorded the move: the started server is this host's now. */

@@ -207,8 +207,13 @@ class NameDaemon implements Daemon {
     peer.socket.destroy();
   }
 
-  private register(peer: Peer, value: unknown): { name: string; address: string } {
+  private register(peer: Peer, value: unknown): { name: string; address: string; stale?: { to: string; epoch: number } } {
     const registration = checkRegistration(value);
+    const newer = this.names.all().find((s) => s.name === registration.name && s.state === 'serving');
+    if (newer && (registration.epoch ?? 0) > 0 && (newer.epoch ?? 0) >= registration.epoch!) {
+      this.options.log(`register ${registration.name} pid ${registration.pid}: stale (epoch ${registration.epoch}; pid ${newer.pid} serves epoch ${newer.epoch ?? 0})`);
+      return { name: registration.name, address: registration.address, stale: { to: this.reachable(newer.address), epoch: newer.epoch ?? 0 } };
+    }
     let server: Server;
     try {
       server = this.names.register(registration, peer, isAlive);
@@ -216,9 +221,17 @@ class NameDaemon implements Daemon {
       this.options.log(`refused register ${registration.name} pid ${registration.pid} from ${peer.label}: name taken`);
       throw error;
     }
-    this.options.log(`register ${server.name} pid ${server.pid} at ${server.address}`);
-    this.forwards.delete(server.name);
     const address = this.reachable(server.address);
+    const forward = this.forwards.get(server.name);
+    const epoch = server.epoch ?? 0;
+    if (forward && epoch > 0 && forward.epoch >= epoch) {
+      // Restored from a snapshot older than the server that moved on: it must not serve.
+      server.state = 'moved';
+      this.options.log(`register ${server.name} pid ${server.pid}: stale (epoch ${epoch}; epoch ${forward.epoch} is at ${forward.to})`);
+      return { name: server.name, address, stale: { to: forward.to, epoch: forward.epoch } };
+    }
+    this.options.log(`register ${server.name} pid ${server.pid} at ${server.address}${epoch > 0 ? ` (epoch ${epoch})` : ''}`);
+    this.forwards.delete(server.name);
     this.arrivals.registered(server, address);
     return { name: server.name, address };
   }

@@ -58,7 +58,9 @@ function read(file: string, log: (line: string) => void): Forward[] {
   }
   try {
     const { forwards } = JSON.parse(text) as { forwards: Forward[] };
-    return forwards.filter((f) => typeof f.name === 'string' && typeof f.to === 'string' && typeof f.daemon === 'string');
+    return forwards
+      .filter((f) => typeof f.name === 'string' && typeof f.to === 'string' && typeof f.daemon === 'string')
+      .map((f) => ({ ...f, epoch: Number.isSafeInteger(f.epoch) ? f.epoch : 0 }));
   } catch (error) {
     log(`ignored ${file}: not a forwards file (${(error as Error).message})`);
     return [];

@@ -120,8 +120,8 @@ export class Coordinator {
       await this.prepare(move);
       await this.signal(move);
       await this.copy(move);
-      const address = await this.start(move);
-      return await this.commit(move, address);
+      const arrived = await this.start(move);
+      return await this.commit(move, arrived);
     } catch (error) {
       await this.abort(move, error);
       throw failure(move, error, this.ctx.advertised);
@@ -242,12 +242,12 @@ export class Coordinator {
   }
 
   /** Step 5b: the destination starts the program, which restores and registers there. */
-  private async start(move: Move): Promise<string> {
+  private async start(move: Move): Promise<{ address: string; epoch: number }> {
     move.step = 'start';
     const started = performance.now();
-    const { address } = (await this.call(move, 'start', [move.id], START_TIMEOUT_MS)) as { address: string };
+    const arrived = (await this.call(move, 'start', [move.id], START_TIMEOUT_MS)) as { address: string; epoch?: number };
     move.figures.start_ms = performance.now() - started;
-    return address;
+    return { address: arrived.address, epoch: arrived.epoch ?? 0 };
   }
 
   /**
@@ -255,7 +255,7 @@ export class Coordinator {
    * which makes the move final; the forwarding entry follows, and the first reply from the new
    * address ends the clock.
    */
-  private async commit(move: Move, address: string): Promise<Breakdown> {
+  private async commit(move: Move, { address, epoch }: { address: string; epoch: number }): Promise<Breakdown> {
     move.step = 'commit';
     const { server } = move;
     // The commit point: from this notification on, the held calls go to the new server.
@@ -263,7 +263,7 @@ export class Coordinator {
     this.ctx.notify(server, 'commit', [{ id: move.id, to: address, grace_ms: move.graceMs }]);
     move.over = true;
     try {
-      this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to });
+      this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to, epoch });
     } catch (error) {
       this.ctx.log(`migration ${move.id}: ${server.name} moved, but its forwarding entry was not saved: ${(error as Error).message}`);
     }

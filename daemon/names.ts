@@ -20,6 +20,8 @@ export interface Registration {
   /** The working directory and Node options it was started with; a moved server gets the same. */
   cwd?: string;
   execArgv?: string[];
+  /** Raised by every move (see Forward.epoch); 0 for a server started afresh. */
+  epoch?: number;
 }
 
 export interface Server extends Registration {
@@ -34,6 +36,8 @@ export interface Forward {
   to: string;
   /** The daemon it moved to, asked when the server has moved on again. */
   daemon: string;
+  /** The moved server's epoch: a server restored from an older snapshot is stale. */
+  epoch: number;
 }
 
 export interface Listing {
@@ -60,7 +64,7 @@ export function checkRegistration(value: unknown): Registration {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw badRequest('register takes one map: { name, pid, address, entry, argv, root }');
   }
-  const { name, pid, address, entry, argv, root, cwd, execArgv } = value as Record<string, unknown>;
+  const { name, pid, address, entry, argv, root, cwd, execArgv, epoch } = value as Record<string, unknown>;
   if (!Number.isSafeInteger(pid) || (pid as number) <= 0) throw badRequest(`pid must be a positive integer; got ${JSON.stringify(pid)}`);
   if (typeof address !== 'string') throw badRequest('address must be a "host:port" string');
   let where;
@@ -74,7 +78,8 @@ export function checkRegistration(value: unknown): Registration {
   if (!isStrings(argv)) throw badRequest('argv must be an array of strings');
   if (cwd !== undefined && typeof cwd !== 'string') throw badRequest('cwd must be a string');
   if (execArgv !== undefined && !isStrings(execArgv)) throw badRequest('execArgv must be an array of strings');
-  return { name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root, cwd, execArgv };
+  if (epoch !== undefined && (!Number.isSafeInteger(epoch) || (epoch as number) < 0)) throw badRequest('epoch must be an integer >= 0');
+  return { name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root, cwd, execArgv, epoch: epoch as number | undefined };
 }
 
 function isStrings(value: unknown): value is string[] {

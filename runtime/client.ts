@@ -69,6 +69,8 @@ class Follower {
   private moving: { to: string; next: Promise<Channel> } | undefined;
   private closed = false;
   private id = newClientId();
+  /** The newest epoch a redirect has taken this client to; older redirects are not followed. */
+  private epoch = -1;
   private seq = 0;
   /** Channels that may still have calls in flight: the current one, and old ones draining. */
   private readonly channels = new Set<Channel>();
@@ -175,6 +177,13 @@ class Follower {
       return;
     }
     if (typeof error.to !== 'string') return this.fail(call, RpcmigError.fromWire(error));
+    const epoch = typeof error.epoch === 'number' ? error.epoch : undefined;
+    if (epoch !== undefined && epoch <= this.epoch) {
+      // A redirect to an older epoch than one followed already is stale: ask where the server is.
+      this.resend(call, this.locate().then((address) => this.follow(address, call.deadline)));
+      return;
+    }
+    if (epoch !== undefined) this.epoch = epoch;
     this.resend(call, this.follow(error.to, call.deadline));
   }
 

@@ -24,7 +24,7 @@ export type Phase =
   | { name: 'serving' }
   | { name: 'quiescing'; order: Order; since: number }
   | { name: 'snapshotted'; order: Order; since: number }
-  | { name: 'moved'; to: string };
+  | { name: 'moved'; to: string; epoch: number };
 
 /** How long a call may be held before it is answered MIGRATING (not executed; call again later). */
 export const HOLD_LIMIT_MS = 30_000;
@@ -43,7 +43,7 @@ export class Migration {
   /** Takes a call that arrived while not accepting. */
   hold(call: HeldCall): void {
     const phase = this.phase;
-    if (phase.name === 'moved') return call.answer(moved(phase.to));
+    if (phase.name === 'moved') return call.answer(moved(phase.to, phase.epoch));
     if (this.overdue) return call.answer(migrating());
     this.held.push(call);
   }
@@ -53,11 +53,11 @@ export class Migration {
     const from = this.phase.name;
     this.phase = next;
     this.accepting = next.name === 'serving';
-    this.log(`migration: ${from} -> ${next.name}${next.name === 'moved' ? ` (to ${next.to})` : ''}`);
+    this.log(`migration: ${from} -> ${next.name}${next.name === 'moved' ? ` (to ${next.to}, epoch ${next.epoch})` : ''}`);
     if (next.name === 'quiescing') this.timer = setTimeout(() => this.expire(), HOLD_LIMIT_MS).unref();
     if (next.name === 'serving' || next.name === 'moved') clearTimeout(this.timer);
     if (next.name === 'serving') this.release((call) => call.run());
-    if (next.name === 'moved') this.release((call) => call.answer(moved(next.to)));
+    if (next.name === 'moved') this.release((call) => call.answer(moved(next.to, next.epoch)));
   }
 
   private release(each: (call: HeldCall) => void): void {
@@ -77,8 +77,8 @@ export class Migration {
   }
 }
 
-function moved(to: string): WireError {
-  return { code: 'MOVED', message: `the server moved to ${to}; call again there (not executed)`, to };
+function moved(to: string, epoch: number): WireError {
+  return { code: 'MOVED', message: `the server moved to ${to}; call again there (not executed)`, to, epoch };
 }
 
 function migrating(): WireError {
@@ -89,6 +89,8 @@ function migrating(): WireError {
 export interface Movable {
   readonly name: string;
   readonly migration: Migration;
+  /** Raised by every move: the server's lineage, newest wins. */
+  readonly epoch: number;
   /** Resolves when no call is executing. */
   whenIdle(): Promise<void>;
   /** After the grace period: stop serving and end the process. */
@@ -122,7 +124,7 @@ export function takeOrders(link: DaemonLink, server: Movable, log: (line: string
       log(`migration ${verdict.id} aborted: ${verdict.reason ?? 'no reason given'}; serving on here`);
       migration.enter({ name: 'serving' });
     } else if (method === 'commit' && typeof verdict.to === 'string') {
-      migration.enter({ name: 'moved', to: verdict.to });
+      migration.enter({ name: 'moved', to: verdict.to, epoch: server.epoch + 1 });
       const grace = typeof verdict.grace_ms === 'number' ? verdict.grace_ms : 60_000;
       setTimeout(() => void server.retire(), grace);
     }

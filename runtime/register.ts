@@ -7,15 +7,17 @@ import { openDaemon, loadKey, within, type DaemonLink } from './daemonlink.js';
 
 export interface Registration {
   readonly link: DaemonLink;
+  /** Set when the daemon knows a newer epoch of this server: where it serves. */
+  readonly stale?: { to: string; epoch: number };
   close(): void;
 }
 
 /** What the daemon records to start this program again elsewhere (the migration issue). */
-function programRecord(name: string, address: string): Record<string, unknown> {
+function programRecord(name: string, address: string, epoch: number): Record<string, unknown> {
   const entry = process.argv[1] ? resolve(process.argv[1]) : '';
   return {
     name, pid: process.pid, address, entry, argv: process.argv.slice(2), root: packageRoot(entry),
-    cwd: process.cwd(), execArgv: process.execArgv,
+    cwd: process.cwd(), execArgv: process.execArgv, epoch,
   };
 }
 
@@ -44,7 +46,7 @@ export function adoptLink(link: DaemonLink): void {
 }
 
 /** Registers `name` at `address` with the daemon at `daemon`; undefined when serving alone. */
-export async function register(name: string, address: string, daemon: string, keyFile?: string): Promise<Registration | undefined> {
+export async function register(name: string, address: string, epoch: number, daemon: string, keyFile?: string): Promise<Registration | undefined> {
   let link: DaemonLink;
   try {
     link = adopted ?? (await openDaemon(daemon, loadKey(keyFile)));
@@ -52,8 +54,9 @@ export async function register(name: string, address: string, daemon: string, ke
   } catch (error) {
     return alone(name, reason(error));
   }
+  let answer: { stale?: { to: string; epoch: number } } | undefined;
   try {
-    await within(REGISTER_TIMEOUT_MS, link.call('register', [programRecord(name, address)]));
+    answer = (await within(REGISTER_TIMEOUT_MS, link.call('register', [programRecord(name, address, epoch)]))) as { stale?: { to: string; epoch: number } };
   } catch (error) {
     link.close();
     return alone(name, `the daemon at ${daemon} refused to register ${name} (${reason(error)})`);
@@ -62,7 +65,8 @@ export async function register(name: string, address: string, daemon: string, ke
   void link.closed.then(() => {
     if (!closing) process.stderr.write(`rpcmig: lost the daemon at ${daemon}; ${name} serves alone and cannot migrate\n`);
   });
-  return { link, close: () => ((closing = true), link.close()) };
+  const stale = typeof answer?.stale?.to === 'string' && typeof answer.stale.epoch === 'number' ? answer.stale : undefined;
+  return { link, stale, close: () => ((closing = true), link.close()) };
 }
 
 /** A daemon that takes the connection but never answers must not hold serve() up. */

@@ -26,6 +26,8 @@ export interface ServeOptions {
 }
 
 export const DEFAULT_RECORD_LEASE_MS = 60_000;
+/** How long a stale server answers MOVED before it exits. */
+const STALE_GRACE_MS = 60_000;
 
 export interface Server {
   readonly name: string;
@@ -63,6 +65,7 @@ class RpcServer implements Server, Movable {
   address = '';
   readonly migration: Migration;
   readonly records: CompletionRecords;
+  epoch = 0;
   private readonly connections = new Set<Connection>();
   private readonly procedures: Map<string, Procedure>;
   private executing = 0;
@@ -283,13 +286,25 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   const saved = restoreInternal(recordsKey);
   if (saved !== undefined) server.records.restore(saved as SavedRecords);
   registerInternal(recordsKey, () => server.records.save());
+  // Each move raises the epoch: a restored server is one newer than the snapshot it came from.
+  const epochKey = `${INTERNAL_PREFIX}epoch:${name}`;
+  const savedEpoch = restoreInternal(epochKey);
+  server.epoch = typeof savedEpoch === 'number' ? savedEpoch + 1 : 0;
+  registerInternal(epochKey, () => server.epoch);
   await listen(net, host, options.port ?? envPort() ?? 0);
   const bound = net.address() as AddressInfo;
   server.address = formatAddress({ host, port: bound.port });
   net.on('error', (error) => process.stderr.write(`rpcmig: ${name}: ${error.message}\n`));
   const daemon = options.daemon ?? process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111';
-  if (daemon !== false) server.registration = await register(name, server.address, daemon, options.keyFile);
+  if (daemon !== false) server.registration = await register(name, server.address, server.epoch, daemon, options.keyFile);
   const log = (line: string) => process.stderr.write(`rpcmig: ${name}: ${line}\n`);
+  const stale = server.registration?.stale;
+  if (stale) {
+    // Restored from an older snapshot than the one serving now: it answers MOVED, never calls.
+    log(`epoch ${server.epoch} is older than epoch ${stale.epoch} at ${stale.to}; answering MOVED`);
+    server.migration.enter({ name: 'moved', to: stale.to, epoch: stale.epoch });
+    setTimeout(() => void server.retire(), STALE_GRACE_MS);
+  }
   if (server.registration) takeOrders(server.registration.link, server, log);
   else process.on('SIGUSR2', () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored'));
   return server;

@@ -3,7 +3,10 @@
 // with the state, so a resend that lands at the destination of a move is answered there too.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { connect, STATS, invoke, type Client } from '../runtime/index.js';
+import { createServer, type AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { Packr, UnpackrStream } from 'msgpackr';
+import { connect, STATS, invoke, type Client, type RpcmigError } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
 import type { DaemonProcess } from './helpers/daemon.js';
 import { lossyProxy } from './helpers/proxy.js';
@@ -144,7 +147,62 @@ test('plain clients without a hello keep working: no records are made for them',
   opened.push(plain);
   for (let i = 0; i < 100; i++) await plain.incr(1);
   assert.equal(await invoke(plain, STATS), { clients: 0, records: 0 });
-  void named;
+});
+
+/** A hand-made server answering every request with the error `reply` gives (msgpackr alone). */
+async function redirector(reply: () => Record<string, unknown>): Promise<{ address: string; connections: number; close(): void }> {
+  const packr = new Packr({ useRecords: false });
+  const state = { connections: 0 };
+  const net = createServer((socket) => {
+    state.connections++;
+    socket.on('error', () => undefined);
+    const stream = new UnpackrStream({ useRecords: false });
+    stream.on('data', (message: unknown[]) => message[0] === 0 && socket.write(packr.pack([1, message[1], reply(), null])));
+    socket.pipe(stream);
+  });
+  await new Promise<void>((done) => net.listen(0, '127.0.0.1', done));
+  return { address: `127.0.0.1:${(net.address() as AddressInfo).port}`, get connections() { return state.connections; }, close: () => net.close() };
+}
+
+const movedTo = (to: string, epoch: number) => ({ code: 'MOVED', message: `moved to ${to}`, to, epoch });
+
+test('a client never follows a redirect to an older epoch, and a redirect cycle ends', async () => {
+  const old = await redirector(() => ({ code: 'APP_ERROR', message: 'the stale server answered' }));
+  const second = await redirector(() => movedTo(old.address, 1));
+  const first = await redirector(() => movedTo(second.address, 2));
+  const client = await direct<Counter>(first.address, 5000);
+  const stale = await client.incr(1).then(() => undefined, (error: RpcmigError) => error);
+  assert.is(stale?.code, 'MOVED');
+  assert.match(stale!.message, /redirected more than 8 times; not executed/);
+  assert.is(old.connections, 0, 'the redirect to epoch 1 after epoch 2 was not followed');
+  const ends = { left: '' };
+  const right = await redirector(() => movedTo(ends.left, 2));
+  const left = await redirector(() => movedTo(right.address, 1));
+  ends.left = left.address;
+  const started = Date.now();
+  const cycling = await direct<Counter>(left.address, 5000);
+  assert.is((await cycling.incr(1).then(() => undefined, (error: RpcmigError) => error))?.code, 'MOVED');
+  assert.ok(Date.now() - started < 3000, 'the cycle ends long before the deadline');
+  for (const server of [old, second, first, right, left]) server.close();
+});
+
+test('a server restored from an old snapshot while a newer epoch serves answers MOVED to it: one owner', async () => {
+  const { name, address } = await counter();
+  const client = await direct<Counter & { save(path: string): number }>(address);
+  await client.incr(5);
+  const file = join(cluster.dir, `${name}.old.state`);
+  await client.save(file);
+  await client.incr(1);
+  const figures = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
+  const stale = await cluster.server(COUNTER, a, ['--name', name], { RPCMIG_RESTORE: file });
+  assert.match(stale.stderr(), /epoch 1 is older than epoch 1 at .*; answering MOVED/);
+  const listed = (await cluster.ls(a)).servers.find((s) => s.pid === stale.pid);
+  assert.is(listed?.state, 'moved');
+  const fresh = await direct<Counter>(stale.ready[0]);
+  assert.is(await fresh.incr(1), 7, 'the call went to the newer server, which had 6');
+  assert.is((await fresh.where()).pid, (await cluster.serving(b, name)).pid);
+  assert.is(await (await named<Counter>(name)).get(), 7, 'the name resolves to the newer server');
+  assert.match(figures.address as string, /:\d+$/);
 });
 
 test.run();
