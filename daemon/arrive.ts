@@ -161,7 +161,8 @@ export class Arrivals {
       })();
       const arrived = await within(START_TIMEOUT_MS, serving, late);
       arrival.phase = 'started';
-      await rm(arrival.dir, { recursive: true, force: true });
+      // Removed after the reply: the source's clients are waiting for it.
+      setImmediate(() => void rm(arrival.dir, { recursive: true, force: true }));
       return { ...arrived, pid: launched.pid };
     } catch (error) {
       if (started) kill(started.pid);

@@ -111,9 +111,10 @@ export interface SnapshotReport {
  * user-defined signal) says "an order is waiting": the server asks for it, quiesces, writes
  * its snapshot and reports; the daemon's `commit` or `abort` notification ends the move.
  */
-export function takeOrders(link: DaemonLink, server: Movable, log: (line: string) => void): void {
+export function takeOrders(link: DaemonLink, server: Movable, log: (line: string) => void): () => void {
   const { migration } = server;
-  process.on('SIGUSR2', () => void signalled(link, server, log));
+  const onSignal = (): void => void signalled(link, server, log);
+  process.on('SIGUSR2', onSignal);
   link.onNotification((method, params) => {
     const verdict = checkVerdict(params[0]);
     const phase = migration.phase;
@@ -134,6 +135,7 @@ export function takeOrders(link: DaemonLink, server: Movable, log: (line: string
     // may end the move, so calls stay held (and are answered MIGRATING past the hold limit).
     if (migration.phase.name === 'quiescing') migration.enter({ name: 'serving' });
   });
+  return () => process.off('SIGUSR2', onSignal);
 }
 
 async function signalled(link: DaemonLink, server: Movable, log: (line: string) => void): Promise<void> {

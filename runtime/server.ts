@@ -6,7 +6,7 @@ import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, complete, CompletionRecords, HELLO, type Completion, type SavedRecords } from './records.js';
-import { INTERNAL_PREFIX, registerInternal, restoreInternal } from './state.js';
+import { INTERNAL_PREFIX, registerInternal, restoreInternal, unregisterInternal } from './state.js';
 import { register, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
@@ -66,6 +66,8 @@ class RpcServer implements Server, Movable {
   readonly migration: Migration;
   readonly records: CompletionRecords;
   epoch = 0;
+  /** Undone when the server closes: its signal handler, its entries in the state registry. */
+  readonly cleanups: Array<() => void> = [];
   private readonly connections = new Set<Connection>();
   private readonly procedures: Map<string, Procedure>;
   private executing = 0;
@@ -235,6 +237,7 @@ class RpcServer implements Server, Movable {
     clearTimeout(cut);
     this.registration?.close();
     this.records.close();
+    for (const cleanup of this.cleanups.splice(0)) cleanup();
   }
 }
 
@@ -286,11 +289,13 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   const saved = restoreInternal(recordsKey);
   if (saved !== undefined) server.records.restore(saved as SavedRecords);
   registerInternal(recordsKey, () => server.records.save());
+  server.cleanups.push(() => unregisterInternal(recordsKey));
   // Each move raises the epoch: a restored server is one newer than the snapshot it came from.
   const epochKey = `${INTERNAL_PREFIX}epoch:${name}`;
   const savedEpoch = restoreInternal(epochKey);
   server.epoch = typeof savedEpoch === 'number' ? savedEpoch + 1 : 0;
   registerInternal(epochKey, () => server.epoch);
+  server.cleanups.push(() => unregisterInternal(epochKey));
   await listen(net, host, options.port ?? envPort() ?? 0);
   const bound = net.address() as AddressInfo;
   server.address = formatAddress({ host, port: bound.port });
@@ -305,7 +310,11 @@ export async function serve<T extends object>(name: string, procedures: T, optio
     server.migration.enter({ name: 'moved', to: stale.to, epoch: stale.epoch });
     setTimeout(() => void server.retire(), STALE_GRACE_MS);
   }
-  if (server.registration) takeOrders(server.registration.link, server, log);
-  else process.on('SIGUSR2', () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored'));
+  if (server.registration) server.cleanups.push(takeOrders(server.registration.link, server, log));
+  else {
+    const ignore = () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored');
+    process.on('SIGUSR2', ignore);
+    server.cleanups.push(() => process.off('SIGUSR2', ignore));
+  }
   return server;
 }

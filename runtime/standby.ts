@@ -9,17 +9,35 @@ import Module from 'node:module';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { loadKey, openDaemon } from './daemonlink.js';
-import { RESTORE_ENV, STANDBY_ENV } from './state.js';
+import { connect } from './client.js';
+import { serve } from './server.js';
+import { decodeState, encodeState, RESTORE_ENV, STANDBY_ENV } from './state.js';
 import { adoptLink } from './register.js';
 import './index.js';
+
+/**
+ * Runs the code the server will run — serving a call, decoding a state file — once, so that
+ * V8 has compiled it before the state arrives instead of after.
+ */
+async function warmUp(): Promise<void> {
+  decodeState(encodeState({}, new Map()), {});
+  const server = await serve('rpcmig-standby', { ping: () => true }, { daemon: false });
+  const [host, port] = [server.address.slice(0, server.address.lastIndexOf(':')), Number(server.address.slice(server.address.lastIndexOf(':') + 1))];
+  const client = await connect<{ ping(): boolean }>({ host: host.replace(/^\[|\]$/g, ''), port });
+  await client.ping();
+  await client.close();
+  await server.close();
+}
 
 async function main(): Promise<void> {
   const id = process.env[STANDBY_ENV];
   const [entry, ...argv] = process.argv.slice(2);
   if (!id || !entry) throw new Error(`usage: ${STANDBY_ENV}=<id> node standby.js ENTRY [ARG ...]`);
-  // An ES module program imports this runtime through the ESM loader, which reads the export
-  // names of a CommonJS module once per process: done here, it is off the critical path.
-  await import(pathToFileURL(require.resolve('./index.js')).href);
+  // An ES module program imports this runtime (`rpcmig`, and `rpcmig/state` in the code the
+  // transformer injects) through the ESM loader, which reads the export names of a CommonJS
+  // module once per process: done here, it is off the critical path.
+  for (const module of ['./index.js', './state.js']) await import(pathToFileURL(require.resolve(module)).href);
+  await warmUp();
   const link = await openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey());
   const { statePath } = (await link.call('standby', [id])) as { statePath: string };
   delete process.env[STANDBY_ENV];

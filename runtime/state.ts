@@ -134,6 +134,10 @@ export function registerInternal(key: string, get: () => unknown): void {
   getters.set(key, get);
 }
 
+export function unregisterInternal(key: string): void {
+  getters.delete(key);
+}
+
 /**
  * The saved value of an internal key when this process restores, else undefined. A program
  * without @migrate variables never read its file during module initialisation: it is read here.
