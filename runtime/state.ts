@@ -3,7 +3,7 @@
 // a process started with RPCMIG_RESTORE=<file> performs while its modules initialise.
 import { readFileSync } from 'node:fs';
 import { decodeGraph, encodeGraph } from './codec.js';
-import { decodeStateFile, encodeStateFile, stateFileParts, type Fingerprints } from './statefile.js';
+import { decodeStateFile, stateFileParts, type Fingerprints } from './statefile.js';
 
 export const RESTORE_ENV = 'RPCMIG_RESTORE';
 /** Set by a daemon on a moved server's standby: the migration whose state it waits for. */
@@ -78,12 +78,17 @@ export function captureStateParts(): [Buffer, Uint8Array] {
     values[key] = get();
     fingerprints.set(key, key.startsWith(INTERNAL_PREFIX) ? INTERNAL_FINGERPRINT : manifest![key]);
   }
-  return stateFileParts(fingerprints, encodeGraph(values, (proto) => classKeys.get(proto)));
+  return encodeStateParts(values, fingerprints);
 }
 
 /** Frames variables (key -> value) and their fingerprints as a state file. */
 export function encodeState(values: Record<string, unknown>, fingerprints: Fingerprints): Buffer {
-  return encodeStateFile(fingerprints, encodeGraph(values, (proto) => classKeys.get(proto)));
+  return Buffer.concat(encodeStateParts(values, fingerprints));
+}
+
+/** The same as [header, body]: what a snapshot writes, without copying the body into one buffer. */
+export function encodeStateParts(values: Record<string, unknown>, fingerprints: Fingerprints): [Buffer, Uint8Array] {
+  return stateFileParts(fingerprints, encodeGraph(values, (proto) => classKeys.get(proto)));
 }
 
 /**

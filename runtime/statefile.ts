@@ -27,11 +27,6 @@ export interface StateFile {
   body: Uint8Array;
 }
 
-/** Frames a body; copies it once, into the returned buffer. */
-export function encodeStateFile(fingerprints: Fingerprints, body: Uint8Array): Buffer {
-  return Buffer.concat(stateFileParts(fingerprints, body));
-}
-
 /** The file as [header with checksum, body]: written one after the other, with no copy of the body. */
 export function stateFileParts(fingerprints: Fingerprints, body: Uint8Array): [Buffer, Uint8Array] {
   const entries = [...fingerprints].map(([key, print]) => [Buffer.from(key), Buffer.from(print)]);
