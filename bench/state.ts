@@ -1,12 +1,12 @@
 // bench/state (issue 2): capture + restore of large state against v8.serialize/deserialize of
 // the same values in the same run. Prints a table and writes its section of bench/RESULTS.md.
 // Run: node dist/bench/state.js
-import { existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { deserialize, serialize, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { decodeState, encodeStateParts } from '../runtime/state.js';
+import { machine, writeSection } from './results.js';
 
 const RUNS = 5;
 const ROOT = join(__dirname, '..', '..');
@@ -85,28 +85,16 @@ function runtimeSize(): string {
     `plus msgpackr (${require.resolve('msgpackr').replace(/.*node_modules\//, '')}): ${msgpackr} bytes.`;
 }
 
-function writeSection(markdown: string): void {
-  const path = join(ROOT, 'bench', 'RESULTS.md');
-  const [open, close] = ['<!-- bench:state -->', '<!-- /bench:state -->'];
-  const section = `${open}\n${markdown}\n${close}`;
-  const old = existsSync(path) ? readFileSync(path, 'utf8') : '# Benchmark results\n';
-  const start = old.indexOf(open);
-  const end = old.indexOf(close);
-  const next = start >= 0 && end > start ? old.slice(0, start) + section + old.slice(end + close.length) : `${old.trimEnd()}\n\n${section}\n`;
-  writeFileSync(path, next);
-}
-
 function main(): void {
   const table = ['| workload | codec | capture ms | restore ms | round trip ms | bytes |', '| --- | --- | ---: | ---: | ---: | ---: |'];
   let map: Map<string, string> | undefined = mapWorkload();
   table.push(...rows('Map<string,string>, 1,000,000 entries', measure(map)));
   map = undefined;
   table.push(...rows('1,000,000 small objects', measure(objectsWorkload())));
-  const cpu = cpus();
   const markdown = [
     '## bench/state — capture + restore vs v8.serialize/deserialize',
     '',
-    `Machine: ${cpu[0].model}, ${cpu.length} cores, Node ${process.version}. Command: \`node dist/bench/state.js\`. ` +
+    `Machine: ${machine()}. Command: \`node dist/bench/state.js\`. ` +
       `Median of ${RUNS} alternating runs after one warm-up, GC before each timed step. rpcmig capture = ` +
       'survey + msgpackr pack (a large Map of strings: V8\'s serializer) + SHA-256 + header, ending with header and ' +
       'body as a snapshot writes them (not joined into one buffer); restore = header + SHA-256 check + unpack ' +
@@ -117,7 +105,7 @@ function main(): void {
     runtimeSize(),
   ].join('\n');
   console.log(markdown);
-  writeSection(markdown);
+  writeSection('state', markdown);
 }
 
 main();
