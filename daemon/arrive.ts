@@ -82,6 +82,8 @@ export class Arrivals {
     };
     this.arrivals.set(shipment.id, arrival);
     this.ctx.log(`migration ${shipment.id}: receiving ${shipment.name} (${shipment.manifest.entries.length} entries)`);
+    // A program materialised here before needs no blob: its tree is already in place.
+    if (await exists(this.programDir(shipment.manifest))) return { lacking: [] };
     return { lacking: await this.ctx.store.missing(shipment.manifest) };
   }
 
@@ -229,10 +231,14 @@ export class Arrivals {
     return arrival;
   }
 
+  private programDir(manifest: Manifest): string {
+    return join(this.ctx.spool, 'programs', manifestId(manifest));
+  }
+
   /** The program's tree, shared by every migration of the same manifest (hard links into the blob store). */
   private async program(manifest: Manifest, id: string): Promise<string> {
-    const dir = join(this.ctx.spool, 'programs', manifestId(manifest));
-    if (await stat(dir).then(() => true, () => false)) return dir;
+    const dir = this.programDir(manifest);
+    if (await exists(dir)) return dir;
     await mkdir(join(this.ctx.spool, 'programs'), { recursive: true, mode: 0o700 });
     const staging = `${dir}.${id}.${randomBytes(4).toString('hex')}`;
     await materialize(manifest, this.ctx.store, staging);
@@ -321,4 +327,8 @@ function standbyScript(entry: string): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
 }
