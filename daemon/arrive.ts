@@ -28,7 +28,12 @@ export interface ArrivalContext {
 export interface Shipment {
   id: string;
   name: string;
+  /** Empty when the source sent the program's id alone. */
   manifest: Manifest;
+  /** The manifest's id: the program's tree lives under `programs/<id>`. */
+  program: string;
+  /** The source sent the id alone, asking whether the tree is here. */
+  byId: boolean;
   /** Paths relative to the program root. */
   entry: string;
   cwd: string;
@@ -59,6 +64,7 @@ interface Arrival extends Shipment {
 const START_TIMEOUT_MS = Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000;
 const MAX_STATE_BYTES = 2 ** 32;
 const ID = /^[0-9a-f]{16}$/;
+const PROGRAM_ID = /^[0-9a-f]{64}$/;
 
 export class Arrivals {
   private readonly arrivals = new Map<string, Arrival>();
@@ -67,8 +73,21 @@ export class Arrivals {
 
   constructor(private readonly ctx: ArrivalContext) {}
 
-  async prepare(peer: object, value: unknown): Promise<{ lacking: string[] }> {
+  /**
+   * Takes a migration's shipment. Sent first with the program's id alone: a destination that
+   * has the program's tree answers `known`, and the manifest never travels; otherwise the
+   * source sends it again with the manifest, and learns which blobs are lacking.
+   */
+  async prepare(peer: object, value: unknown): Promise<{ known: boolean; lacking: string[] }> {
     const shipment = checkShipment(value);
+    const tree = this.programDir(shipment.program);
+    const have = await exists(tree);
+    if (shipment.byId) {
+      if (!have) return { known: false, lacking: [] };
+      if (!(await stat(join(tree, shipment.entry)).then((st) => st.isFile(), () => false))) {
+        throw refuseMigration(`the entry ${shipment.entry} is not a file of the program`);
+      }
+    }
     if (this.arrivals.has(shipment.id)) throw refuseMigration(`migration ${shipment.id} is already under way here`);
     if (this.ctx.serves(shipment.name) || [...this.arrivals.values()].some((a) => a.name === shipment.name)) {
       throw new RpcmigError('NAME_TAKEN', `a server named ${JSON.stringify(shipment.name)} already serves or arrives here`);
@@ -81,10 +100,9 @@ export class Arrivals {
       state: new StateWriter(join(dir, 'state')),
     };
     this.arrivals.set(shipment.id, arrival);
-    this.ctx.log(`migration ${shipment.id}: receiving ${shipment.name} (${shipment.manifest.entries.length} entries)`);
+    this.ctx.log(`migration ${shipment.id}: receiving ${shipment.name} (program ${shipment.program.slice(0, 12)}${have ? ', in place' : ''})`);
     // A program materialised here before needs no blob: its tree is already in place.
-    if (await exists(this.programDir(shipment.manifest))) return { lacking: [] };
-    return { lacking: await this.ctx.store.missing(shipment.manifest) };
+    return { known: true, lacking: have ? [] : await this.ctx.store.missing(shipment.manifest) };
   }
 
   /** A batch of pieces of the program's blobs: `[id, [[hash, offset, bytes, final], ...]]`. */
@@ -114,7 +132,7 @@ export class Arrivals {
   async prestart(id: unknown): Promise<{ standby: boolean }> {
     const arrival = this.receiving(id);
     if (arrival.standby) return { standby: true };
-    const program = await this.program(arrival.manifest, arrival.id);
+    const program = await this.program(arrival);
     const bootstrap = standbyScript(join(program, arrival.entry));
     if (bootstrap === undefined) return { standby: false };
     const log = await this.logFile(arrival);
@@ -175,7 +193,7 @@ export class Arrivals {
   }
 
   private async coldStart(arrival: Arrival): Promise<{ launched: Launched; log: string }> {
-    const program = await this.program(arrival.manifest, arrival.id);
+    const program = await this.program(arrival);
     const log = await this.logFile(arrival);
     const launched = launch({
       program, entry: arrival.entry, cwd: arrival.cwd, argv: arrival.argv, execArgv: arrival.execArgv, log,
@@ -231,13 +249,13 @@ export class Arrivals {
     return arrival;
   }
 
-  private programDir(manifest: Manifest): string {
-    return join(this.ctx.spool, 'programs', manifestId(manifest));
+  private programDir(program: string): string {
+    return join(this.ctx.spool, 'programs', program);
   }
 
   /** The program's tree, shared by every migration of the same manifest (hard links into the blob store). */
-  private async program(manifest: Manifest, id: string): Promise<string> {
-    const dir = this.programDir(manifest);
+  private async program({ manifest, program, id }: Arrival): Promise<string> {
+    const dir = this.programDir(program);
     if (await exists(dir)) return dir;
     await mkdir(join(this.ctx.spool, 'programs'), { recursive: true, mode: 0o700 });
     const staging = `${dir}.${id}.${randomBytes(4).toString('hex')}`;
@@ -284,13 +302,21 @@ class StateWriter {
 function checkShipment(value: unknown): Shipment {
   const v = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
   if (typeof v.id !== 'string' || !ID.test(v.id)) throw new RpcmigError('BAD_REQUEST', 'prepare needs an id of 16 hex digits');
-  const manifest = validateManifest(v.manifest);
   const entry = relativePath(v.entry, 'entry');
-  if (!manifest.entries.some((e) => isFileEntry(e) && e.path === entry)) throw refuseMigration(`the entry ${entry} is not a file of the program`);
+  let manifest: Manifest = { entries: [] };
+  let program: string;
+  if (v.manifest === undefined) {
+    if (typeof v.program !== 'string' || !PROGRAM_ID.test(v.program)) throw new RpcmigError('BAD_REQUEST', 'prepare needs a manifest or a program id of 64 hex digits');
+    program = v.program;
+  } else {
+    manifest = validateManifest(v.manifest);
+    program = manifestId(manifest);
+    if (!manifest.entries.some((e) => isFileEntry(e) && e.path === entry)) throw refuseMigration(`the entry ${entry} is not a file of the program`);
+  }
   const strings = (x: unknown) => Array.isArray(x) && x.every((s) => typeof s === 'string');
   if (!strings(v.argv) || !strings(v.execArgv)) throw new RpcmigError('BAD_REQUEST', 'argv and execArgv must be arrays of strings');
   return {
-    id: v.id, name: checkName(v.name), manifest, entry, cwd: v.cwd === '' ? '' : relativePath(v.cwd, 'cwd'),
+    id: v.id, name: checkName(v.name), manifest, program, byId: v.manifest === undefined, entry, cwd: v.cwd === '' ? '' : relativePath(v.cwd, 'cwd'),
     argv: v.argv as string[], execArgv: v.execArgv as string[],
   };
 }

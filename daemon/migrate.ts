@@ -13,7 +13,7 @@ import { WHEREIS } from '../runtime/server.js';
 import { deferred, type Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
 import type { Names, Server } from './names.js';
-import { buildManifest, sendBlobs, sendFile, type Manifest } from './transfer.js';
+import { buildManifest, manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
 
 export interface SourceContext {
@@ -196,11 +196,14 @@ export class Coordinator {
     const entry = relative(root, await realpath(server.entry));
     const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
     const shipment = {
-      id: move.id, name: server.name, manifest, entry, argv: server.argv, execArgv: server.execArgv ?? [],
+      id: move.id, name: server.name, program: manifestId(manifest), entry, argv: server.argv, execArgv: server.execArgv ?? [],
       cwd: cwd.startsWith('..') ? '' : cwd,
     };
     const started = performance.now();
-    const { lacking } = (await this.call(move, 'prepare', [shipment])) as { lacking: string[] };
+    // The program's id first: a destination that has it needs no manifest and no blob.
+    let answer = (await this.call(move, 'prepare', [shipment])) as { known?: boolean; lacking: string[] };
+    if (!answer.known) answer = (await this.call(move, 'prepare', [{ ...shipment, manifest }])) as { lacking: string[] };
+    const { lacking } = answer;
     move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking);
     move.figures.copy_ms += performance.now() - started;
     await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);

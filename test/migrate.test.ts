@@ -6,7 +6,8 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, type Client } from '../runtime/index.js';
+import { connect, type Client, type RpcmigError } from '../runtime/index.js';
+import { loadKey, openDaemon } from '../runtime/daemonlink.js';
 import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
 import { CLI, cleanEnv, writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
 import { spawnSync } from 'node:child_process';
@@ -176,6 +177,16 @@ test('the second move of the same program to a host sends no program bytes', asy
   breakdown(await cluster.migrate(name, b, a, ['--grace', '0.2']));
   const again = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
   assert.is(again.program_bytes_sent, 0);
+  assert.match(b.stderr(), new RegExp(`receiving ${name} \\(program [0-9a-f]{12}, in place\\)`), 'the manifest did not travel either');
+  const link = await openDaemon(b.address, loadKey(cluster.key.file));
+  try {
+    const shipment = { id: '0123456789abcdef', name: 'nobody', entry: 'server.js', argv: [], execArgv: [], cwd: '' };
+    assert.equal(await link.call('prepare', [{ ...shipment, program: '0'.repeat(64) }]), { known: false, lacking: [] });
+    const bad = await link.call('prepare', [{ ...shipment, program: '../x' }]).catch((error: RpcmigError) => error);
+    assert.is((bad as RpcmigError).code, 'BAD_REQUEST');
+  } finally {
+    link.close();
+  }
   assert.ok((first.program_bytes_sent as number) >= 0);
 });
 
