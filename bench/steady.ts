@@ -15,7 +15,7 @@ import { machine, median, writeSection } from './results.js';
 const SOURCE = join(ROOT, 'fixtures', 'five', 'server.ts');
 const BUILT = join(ROOT, 'fixtures', 'dist', 'five', 'server.js');
 const PLAIN = join(ROOT, 'fixtures', 'dist', 'five', 'plain.js');
-const TURNS = 5;
+const TURNS = 6;
 const TURN_MS = 1500;
 const IN_FLIGHT = 64;
 
@@ -54,9 +54,10 @@ async function compare(a: Client<Five>[], b: Client<Five>[]): Promise<[number, n
   await turn(a, 300);
   await turn(b, 300);
   const rates: [number[], number[]] = [[], []];
+  // ABBA order: a drift over the run (heap growth, CPU frequency) falls on both sides alike.
   for (let t = 0; t < TURNS; t++) {
-    rates[0].push(await turn(a, TURN_MS));
-    rates[1].push(await turn(b, TURN_MS));
+    const order: Array<[0 | 1, Client<Five>[]]> = t % 2 === 0 ? [[0, a], [1, b]] : [[1, b], [0, a]];
+    for (const [side, clients] of order) rates[side].push(await turn(clients, TURN_MS));
   }
   await Promise.all([...a, ...b].map((client) => client.close()));
   return [median(rates[0]), median(rates[1])];

@@ -182,7 +182,7 @@ export class Arrivals {
       const arrived = await within(START_TIMEOUT_MS, serving, late);
       arrival.phase = 'started';
       // Removed after the reply: the source's clients are waiting for it.
-      setImmediate(() => void rm(arrival.dir, { recursive: true, force: true }));
+      setImmediate(() => rm(arrival.dir, { recursive: true, force: true }).catch((error: Error) => this.ctx.log(`could not remove ${arrival.dir}: ${error.message}`)));
       return { ...arrived, pid: launched.pid };
     } catch (error) {
       if (started) kill(started.pid);
@@ -239,7 +239,8 @@ export class Arrivals {
   /** The source's connection closed: what had not started yet cannot finish. */
   peerClosed(peer: object): void {
     for (const arrival of this.arrivals.values()) {
-      if (arrival.peer === peer && arrival.phase !== 'started') void this.abort(arrival.id, 'the source hung up');
+      if (arrival.peer !== peer || arrival.phase === 'started') continue;
+      this.abort(arrival.id, 'the source hung up').catch((error: Error) => this.ctx.log(`migration ${arrival.id}: cleanup failed: ${error.message}`));
     }
   }
 

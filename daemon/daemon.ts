@@ -145,7 +145,7 @@ class NameDaemon implements Daemon {
       serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
     });
     this.sweeper = setInterval(() => this.sweep(), options.pidCheckInterval ?? 1000).unref();
-    server.on('connection', (socket) => void this.accept(socket));
+    server.on('connection', (socket) => this.accept(socket).catch((error: Error) => this.internal('accepting a connection', error)));
   }
 
   async close(): Promise<void> {
@@ -165,7 +165,7 @@ class NameDaemon implements Daemon {
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 10_000);
     readMessages(socket, {
-      onValue: (value) => void this.receive(peer, value),
+      onValue: (value) => this.receive(peer, value).catch((error: Error) => this.internal(`serving ${peer.label}`, error)),
       onFatal: (error) => this.drop(peer, `unreadable input (${error.message})`),
     }, this.options.maxFrame ?? DEFAULT_MAX_FRAME);
   }
@@ -196,6 +196,11 @@ class NameDaemon implements Daemon {
       this.options.log(`internal error serving ${peer.label}: ${(error as Error).message}`);
       return { ok: false, error: { code: 'APP_ERROR', message: `the daemon failed: ${(error as Error).message}` } };
     }
+  }
+
+  /** A bug, not bad input: logged, and the daemon goes on. */
+  private internal(doing: string, error: Error): void {
+    this.options.log(`internal error ${doing}: ${error.stack ?? error.message}`);
   }
 
   private reply(peer: Peer, msgid: number, error: WireError | null, result: unknown): void {

@@ -321,6 +321,31 @@ test('one migration at a time; and never to the host the server is on', async ()
   void pid;
 });
 
+test('malformed migration requests are refused clearly, and the daemon goes on', async () => {
+  const link = await openDaemon(b.address, loadKey(cluster.key.file));
+  try {
+    const refusal = (method: string, params: unknown[]) => link.call(method, params).then(() => undefined, (error: RpcmigError) => error.code);
+    assert.is(await refusal('migrate', [42]), 'BAD_REQUEST');
+    assert.is(await refusal('migrate', [{ name: 'x', to: 'no host:1:2' }]), 'BAD_REQUEST');
+    assert.is(await refusal('migrate', [{ name: 'nobody', to: a.address }]), 'NO_SUCH_SERVER');
+    assert.is(await refusal('prepare', [{ id: 'nothex', name: 'x' }]), 'BAD_REQUEST');
+    assert.is(await refusal('prepare', [{ id: '0123456789abcdef', name: 'x', entry: '../escape.js', argv: [], execArgv: [], cwd: '', manifest: { entries: [] } }]), 'MIGRATION_FAILED');
+    assert.is(await refusal('blob', ['0123456789abcdef', 'not pieces']), 'BAD_REQUEST');
+    assert.is(await refusal('state', ['0123456789abcdef', -1, 'bytes', true]), 'BAD_REQUEST');
+    assert.is(await refusal('state', ['0123456789abcdef', 0, Buffer.from('x'), true]), 'MIGRATION_FAILED');
+    assert.is(await refusal('start', ['0123456789abcdef']), 'MIGRATION_FAILED');
+    assert.is(await refusal('prestart', [{}]), 'MIGRATION_FAILED');
+    assert.is(await refusal('standby', ['0123456789abcdef']), 'MIGRATION_FAILED');
+    assert.is(await refusal('commit', [null]), 'MIGRATION_FAILED');
+    assert.is(await refusal('snapshot', [{ id: 'x' }]), 'BAD_REQUEST');
+    assert.is(await link.call('order', []), null);
+    assert.is(await link.call('abort', ['0123456789abcdef', 'nothing to abort']), null);
+  } finally {
+    link.close();
+  }
+  assert.ok(Array.isArray((await cluster.ls(b)).servers), 'the daemon still answers');
+});
+
 test('SIGUSR2 from outside, with no order pending, is ignored with a log line', async () => {
   const started = await cluster.server(COUNTER, a, ['--name', 'signalled']);
   const client = await connect<Counter>('signalled', { daemon: a.address, keyFile: cluster.key.file });
