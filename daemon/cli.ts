@@ -7,6 +7,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { connect, invoke } from '../runtime/client.js';
+import { closeInspectorSignal } from '../runtime/server.js';
 import { DEFAULT_DAEMON_PORT, formatAddress, loadKey, openDaemon, parseAddress, type Address, type DaemonLink } from '../runtime/daemonlink.js';
 import { RpcmigError, type ErrorCode } from '../runtime/errors.js';
 import { startDaemon } from './daemon.js';
@@ -87,6 +88,7 @@ async function runDaemon(values: Values, positionals: string[]): Promise<number>
   };
   const keyFile = (values['key-file'] as string | undefined) ?? process.env.RPCMIG_KEY_FILE;
   const key = loadKey(keyFile);
+  closeInspectorSignal(log);
   // Listened for before the listening line goes out, so that whoever reads it may stop us.
   const stopSignal = new Promise<string>((done) => {
     process.once('SIGINT', () => done('SIGINT'));

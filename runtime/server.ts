@@ -259,6 +259,16 @@ function appError(thrown: unknown): WireError {
   return new RpcmigError('APP_ERROR', message).toWire();
 }
 
+/**
+ * Node opens its inspector — a debugger anyone on the host can attach to — on SIGUSR1 unless the
+ * process listens for that signal. A server that runs shipped code keeps it closed (use
+ * `node --inspect` to debug on purpose). Once per process.
+ */
+export function closeInspectorSignal(log: (line: string) => void): void {
+  if (process.listenerCount('SIGUSR1') > 0) return;
+  process.on('SIGUSR1', () => log('SIGUSR1 ignored: the inspector stays closed (start node with --inspect to debug)'));
+}
+
 function envPort(): number | undefined {
   const text = process.env.RPCMIG_PORT;
   return text && /^\d{1,5}$/.test(text) ? Number(text) : undefined;
@@ -303,6 +313,7 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   const daemon = options.daemon ?? process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111';
   if (daemon !== false) server.registration = await register(name, server.address, server.epoch, daemon, options.keyFile);
   const log = (line: string) => process.stderr.write(`rpcmig: ${name}: ${line}\n`);
+  closeInspectorSignal(log);
   const stale = server.registration?.stale;
   if (stale) {
     // Restored from an older snapshot than the one serving now: it answers MOVED, never calls.
