@@ -86,7 +86,7 @@ async function main(): Promise<void> {
     const markdown = [
       '## bench/steady — what @migrate and exactly-once cost per call',
       '',
-      `Machine: ${machine()}. Command: \`node dist/bench/steady.js\`. \`add(a, b)\` in a closed loop, ${IN_FLIGHT} calls in flight, median of ${TURNS} turns of ${TURN_MS} ms each, taken in rotation; each server in its own process.`,
+      `Machine: ${machine()}. Command: \`node dist/bench/steady.js\`. \`add(a, b)\` in a closed loop, ${IN_FLIGHT} calls in flight, median of ${TURNS} turns of ${TURN_MS} ms each, in ABBA order; each server in its own process.`,
       '',
       'fixtures/five/server.ts built by tspc with the transformer, against the same file transpiled by TypeScript alone (clients without call ids). Goal ≥ 0.97×.',
       '',
