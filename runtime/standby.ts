@@ -8,7 +8,7 @@
 import Module from 'node:module';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { loadKey, openDaemon } from './daemonlink.js';
+import { loadKey, openDaemon, parseAddress } from './daemonlink.js';
 import { connect } from './client.js';
 import { serve } from './server.js';
 import { decodeState, encodeState, RESTORE_ENV, STANDBY_ENV } from './state.js';
@@ -22,8 +22,7 @@ import './index.js';
 async function warmUp(): Promise<void> {
   decodeState(encodeState({}, new Map()), {});
   const server = await serve('rpcmig-standby', { ping: () => true }, { daemon: false });
-  const [host, port] = [server.address.slice(0, server.address.lastIndexOf(':')), Number(server.address.slice(server.address.lastIndexOf(':') + 1))];
-  const client = await connect<{ ping(): boolean }>({ host: host.replace(/^\[|\]$/g, ''), port });
+  const client = await connect<{ ping(): boolean }>(parseAddress(server.address, 0));
   await client.ping();
   await client.close();
   await server.close();
