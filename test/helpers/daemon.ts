@@ -2,7 +2,7 @@
 // spawner in process.ts), the CLI run to completion, and a raw peer of the daemon port.
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,8 +10,13 @@ import { ROOT, start, type Started } from './process.js';
 
 export const CLI = join(ROOT, 'dist', 'daemon', 'cli.js');
 
+const made: string[] = [];
+
+/** A fresh directory, removed with everything in it when the test process exits. */
 export function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'rpcmig-daemon-test-'));
+  const dir = mkdtempSync(join(tmpdir(), 'rpcmig-daemon-test-'));
+  if (made.push(dir) === 1) process.once('exit', () => made.forEach((path) => rmSync(path, { recursive: true, force: true })));
+  return dir;
 }
 
 /** Writes a fresh key file; returns its path and the key's hex (to check it never leaks). */
