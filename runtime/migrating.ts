@@ -3,6 +3,7 @@
 // Commit answers the held calls MOVED the instant the destination serves (one round trip for
 // the client, no polling); abort runs them here, as if nothing had happened.
 import type { DaemonLink } from './daemonlink.js';
+import type { Registration } from './register.js';
 import type { WireError } from './errors.js';
 import { captureStateParts } from './state.js';
 import { writeStateFile } from './statefile.js';
@@ -111,30 +112,34 @@ export interface SnapshotReport {
  * user-defined signal) says "an order is waiting": the server asks for it, quiesces, writes
  * its snapshot and reports; the daemon's `commit` or `abort` notification ends the move.
  */
-export function takeOrders(link: DaemonLink, server: Movable, log: (line: string) => void): () => void {
+export function takeOrders(registration: Registration, server: Movable, log: (line: string) => void): () => void {
   const { migration } = server;
-  const onSignal = (): void => void signalled(link, server, log);
+  const onSignal = (): void => void signalled(registration.link, server, log);
   process.on('SIGUSR2', onSignal);
-  link.onNotification((method, params) => {
-    const verdict = checkVerdict(params[0]);
-    const phase = migration.phase;
-    if (!verdict || (phase.name !== 'quiescing' && phase.name !== 'snapshotted') || phase.order.id !== verdict.id) {
-      return log(`ignored ${method} from the daemon: no such migration in progress`);
-    }
-    if (method === 'abort') {
-      log(`migration ${verdict.id} aborted: ${verdict.reason ?? 'no reason given'}; serving on here`);
-      migration.enter({ name: 'serving' });
-    } else if (method === 'commit' && typeof verdict.to === 'string') {
-      migration.enter({ name: 'moved', to: verdict.to, epoch: server.epoch + 1 });
-      const grace = typeof verdict.grace_ms === 'number' ? verdict.grace_ms : 60_000;
-      setTimeout(() => void server.retire(), grace);
-    }
-  });
-  void link.closed.then(() => {
-    // Before the snapshot the state has not left: serve on. After it, only the daemon's word
-    // may end the move, so calls stay held (and are answered MIGRATING past the hold limit).
-    if (migration.phase.name === 'quiescing') migration.enter({ name: 'serving' });
-  });
+  const attach = (link: DaemonLink): void => {
+    link.onNotification((method, params) => {
+      const verdict = checkVerdict(params[0]);
+      const phase = migration.phase;
+      if (!verdict || (phase.name !== 'quiescing' && phase.name !== 'snapshotted') || phase.order.id !== verdict.id) {
+        return log(`ignored ${method} from the daemon: no such migration in progress`);
+      }
+      if (method === 'abort') {
+        log(`migration ${verdict.id} aborted: ${verdict.reason ?? 'no reason given'}; serving on here`);
+        migration.enter({ name: 'serving' });
+      } else if (method === 'commit' && typeof verdict.to === 'string') {
+        migration.enter({ name: 'moved', to: verdict.to, epoch: server.epoch + 1 });
+        const grace = typeof verdict.grace_ms === 'number' ? verdict.grace_ms : 60_000;
+        setTimeout(() => void server.retire(), grace);
+      }
+    });
+    void link.closed.then(() => {
+      // Before the snapshot the state has not left: serve on. After it, only the daemon's word
+      // may end the move, so calls stay held (and are answered MIGRATING past the hold limit).
+      if (migration.phase.name === 'quiescing') migration.enter({ name: 'serving' });
+    });
+  };
+  attach(registration.link);
+  registration.onRelink(attach);
   return () => process.off('SIGUSR2', onSignal);
 }
 

@@ -6,9 +6,12 @@ import { dirname, join, resolve } from 'node:path';
 import { openDaemon, loadKey, within, type DaemonLink } from './daemonlink.js';
 
 export interface Registration {
+  /** The control connection now; replaced when the daemon comes back after losing it. */
   readonly link: DaemonLink;
   /** Set when the daemon knows a newer epoch of this server: where it serves. */
   readonly stale?: { to: string; epoch: number };
+  /** Called with each new control connection after a reconnect. */
+  onRelink(handler: (link: DaemonLink) => void): void;
   close(): void;
 }
 
@@ -47,26 +50,97 @@ export function adoptLink(link: DaemonLink): void {
 
 /** Registers `name` at `address` with the daemon at `daemon`; undefined when serving alone. */
 export async function register(name: string, address: string, epoch: number, daemon: string, keyFile?: string): Promise<Registration | undefined> {
+  let key: Buffer;
   let link: DaemonLink;
   try {
-    link = adopted ?? (await openDaemon(daemon, loadKey(keyFile)));
+    key = loadKey(keyFile);
+    link = adopted ?? (await openDaemon(daemon, key));
     adopted = undefined;
   } catch (error) {
     return alone(name, reason(error));
   }
-  let answer: { stale?: { to: string; epoch: number } } | undefined;
+  const record = programRecord(name, address, epoch);
+  let answer: RegisterAnswer;
   try {
-    answer = (await within(REGISTER_TIMEOUT_MS, link.call('register', [programRecord(name, address, epoch)]))) as { stale?: { to: string; epoch: number } };
+    answer = await registerOn(link, record);
   } catch (error) {
     link.close();
     return alone(name, `the daemon at ${daemon} refused to register ${name} (${reason(error)})`);
   }
-  let closing = false;
-  void link.closed.then(() => {
-    if (!closing) process.stderr.write(`rpcmig: lost the daemon at ${daemon}; ${name} serves alone and cannot migrate\n`);
-  });
   const stale = typeof answer?.stale?.to === 'string' && typeof answer.stale.epoch === 'number' ? answer.stale : undefined;
-  return { link, stale, close: () => ((closing = true), link.close()) };
+  return new Control(link, stale, () => openDaemon(daemon, key).then(async (next) => {
+    await registerOn(next, record).catch((error: unknown) => {
+      next.close();
+      throw error;
+    });
+    return next;
+  }), (line) => process.stderr.write(`rpcmig: ${name}: ${line} (the daemon at ${daemon})\n`));
+}
+
+type RegisterAnswer = { stale?: { to: string; epoch: number } } | undefined;
+
+function registerOn(link: DaemonLink, record: Record<string, unknown>): Promise<RegisterAnswer> {
+  return within(REGISTER_TIMEOUT_MS, link.call('register', [record])) as Promise<RegisterAnswer>;
+}
+
+/** Back-off between attempts to register again with a daemon that went away. */
+const RETRY_FIRST_MS = 100;
+const RETRY_LAST_MS = 5000;
+/** About two weeks of attempts at the longest back-off. */
+const RETRY_ATTEMPTS = 250_000;
+
+/**
+ * The server's control connection. When the daemon goes away (restart, crash) the server
+ * serves on and registers again as soon as a daemon answers at the same address.
+ */
+class Control implements Registration {
+  private closing = false;
+  private readonly handlers: Array<(link: DaemonLink) => void> = [];
+
+  constructor(
+    public link: DaemonLink,
+    readonly stale: { to: string; epoch: number } | undefined,
+    private readonly reopen: () => Promise<DaemonLink>,
+    private readonly log: (line: string) => void,
+  ) {
+    this.watch(link);
+  }
+
+  onRelink(handler: (link: DaemonLink) => void): void {
+    this.handlers.push(handler);
+  }
+
+  close(): void {
+    this.closing = true;
+    this.link.close();
+  }
+
+  private watch(link: DaemonLink): void {
+    void link.closed.then(() => {
+      if (this.closing || link !== this.link) return;
+      this.log('lost the daemon; serving on, and registering again when it is back');
+      void this.reconnect();
+    });
+  }
+
+  private async reconnect(): Promise<void> {
+    for (let attempt = 0; attempt < RETRY_ATTEMPTS && !this.closing; attempt++) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(RETRY_LAST_MS, RETRY_FIRST_MS << Math.min(attempt, 16))).unref());
+      if (this.closing) return;
+      let next: DaemonLink;
+      try {
+        next = await this.reopen();
+      } catch {
+        continue;
+      }
+      if (this.closing) return next.close();
+      this.link = next;
+      this.log('registered again');
+      this.watch(next);
+      for (const handler of this.handlers) handler(next);
+      return;
+    }
+  }
 }
 
 /** A daemon that takes the connection but never answers must not hold serve() up. */

@@ -321,7 +321,7 @@ export async function serve<T extends object>(name: string, procedures: T, optio
     server.migration.enter({ name: 'moved', to: stale.to, epoch: stale.epoch });
     setTimeout(() => void server.retire(), STALE_GRACE_MS);
   }
-  if (server.registration) server.cleanups.push(takeOrders(server.registration.link, server, log));
+  if (server.registration) server.cleanups.push(takeOrders(server.registration, server, log));
   else {
     const ignore = () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored');
     process.on('SIGUSR2', ignore);

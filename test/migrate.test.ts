@@ -11,7 +11,7 @@ import { loadKey, openDaemon } from '../runtime/daemonlink.js';
 import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
 import { CLI, cleanEnv, writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
 import { spawnSync } from 'node:child_process';
-import { isAlive, ROOT, stop, waitFor, type Started } from './helpers/process.js';
+import { isAlive, ROOT, start, stop, waitFor, type Started } from './helpers/process.js';
 
 /** The procedures of fixtures/counter and fixtures/rdict (ESM programs, typed here by hand). */
 interface Counter {
@@ -153,6 +153,28 @@ test('a forwarding entry survives a restart of the source daemon', async () => {
     const fresh = await connect<Counter>(name, { daemon: again.address, keyFile: cluster.key.file });
     clients.push(fresh);
     assert.is(await fresh.get(), 9);
+  } finally {
+    await stop(again.pid);
+  }
+});
+
+test('a daemon that restarts finds its servers again: they register anew, and move', async () => {
+  const dir = join(cluster.dir, 'restarting');
+  const listen = (address: string) => [CLI, 'daemon', '--listen', address, '--dir', join(dir, 'spool'), '--key-file', cluster.key.file];
+  const first = await start(process.execPath, listen('127.0.0.1:0'), { env: cleanEnv(), ready: /^rpcmig daemon listening on (\S+:\d+) /m });
+  const address = first.ready[0];
+  const host = { ...first, address } as DaemonProcess;
+  const { name, client, started } = await counterOn(host);
+  await client.incr(3);
+  await stop(first.pid);
+  const again = await start(process.execPath, listen(address), { env: cleanEnv(), ready: /^rpcmig daemon listening on (\S+:\d+) /m });
+  try {
+    const restarted = { ...again, address } as DaemonProcess;
+    assert.ok(await waitFor(() => started.stderr().includes('registered again'), 10_000), started.stderr());
+    assert.is((await cluster.serving(restarted, name)).pid, started.pid);
+    assert.is(await client.incr(1), 4, 'it served on meanwhile');
+    breakdown(await cluster.migrate(name, restarted, b, ['--grace', '0.2']));
+    assert.is(await client.get(), 4);
   } finally {
     await stop(again.pid);
   }
