@@ -56,6 +56,8 @@ interface Arrival extends Shipment {
   receiver: BlobReceiver;
   state: StateWriter;
   pid?: number;
+  /** Where the started server serves, once it does. */
+  arrived?: Arrived;
   /** The process started ahead of the state, and the hand-over it waits for. */
   standby?: { launched: Launched; log: string; called: Deferred<void>; handOver: Deferred<string> };
 }
@@ -181,6 +183,7 @@ export class Arrivals {
       })();
       const arrived = await within(START_TIMEOUT_MS, serving, late);
       arrival.phase = 'started';
+      arrival.arrived = arrived;
       // Removed after the reply: the source's clients are waiting for it.
       setImmediate(() => rm(arrival.dir, { recursive: true, force: true }).catch((error: Error) => this.ctx.log(`could not remove ${arrival.dir}: ${error.message}`)));
       return { ...arrived, pid: launched.pid };
@@ -213,6 +216,12 @@ export class Arrivals {
   registered(server: Server, address: string): void {
     const awaited = this.awaited.get(server.name);
     if (awaited && awaited.pid === server.pid) awaited.registered({ address, epoch: server.epoch ?? 0 });
+  }
+
+  /** The `status` method: what this host knows of a move, for a source daemon that restarted. */
+  status(id: unknown): { phase: Phase | 'unknown'; address?: string; epoch?: number } {
+    const arrival = this.arrivals.get(String(id));
+    return arrival ? { phase: arrival.phase, ...arrival.arrived } : { phase: 'unknown' };
   }
 
   /** The source recorded the move: the started server is this host's now. */

@@ -72,7 +72,9 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const bound = server.address();
   const address = typeof bound === 'object' && bound ? { host: bound.address, port: bound.port } : options.listen;
-  return new NameDaemon(server, address, options, await BlobStore.open(options.dir));
+  const daemon = new NameDaemon(server, address, options, await BlobStore.open(options.dir));
+  await daemon.init();
+  return daemon;
 }
 
 /** The key file for started servers: the daemon's own, or a copy in the spool. */
@@ -124,6 +126,7 @@ class NameDaemon implements Daemon {
     start: (_peer, [id]) => this.arrivals.start(id),
     commit: (_peer, [id]) => this.arrivals.commit(id),
     abort: (_peer, [id, reason]) => this.arrivals.abort(id, String(reason)),
+    status: (_peer, [id]) => this.arrivals.status(id),
     // a moved server's standby, waiting for its state
     standby: (_peer, [id]) => this.arrivals.standing(id),
   };
@@ -146,6 +149,11 @@ class NameDaemon implements Daemon {
     });
     this.sweeper = setInterval(() => this.sweep(), options.pidCheckInterval ?? 1000).unref();
     server.on('connection', (socket) => this.accept(socket).catch((error: Error) => this.internal('accepting a connection', error)));
+  }
+
+  /** What a previous run left under way is read before the first server registers. */
+  init(): Promise<void> {
+    return this.coordinator.loadUnresolved();
   }
 
   async close(): Promise<void> {
@@ -236,6 +244,11 @@ class NameDaemon implements Daemon {
       return { name: server.name, address, stale: { to: forward.to, epoch: forward.epoch } };
     }
     this.options.log(`register ${server.name} pid ${server.pid} at ${server.address}${epoch > 0 ? ` (epoch ${epoch})` : ''}`);
+    if (registration.migration !== undefined) {
+      // It holds its calls for a move this daemon began before it stopped: settle that move.
+      this.coordinator.resolve(server, registration.migration).catch((error: Error) => this.internal(`resolving migration ${registration.migration}`, error));
+      return { name: server.name, address };
+    }
     this.forwards.delete(server.name);
     this.arrivals.registered(server, address);
     return { name: server.name, address };

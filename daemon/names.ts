@@ -22,6 +22,8 @@ export interface Registration {
   execArgv?: string[];
   /** Raised by every move (see Forward.epoch); 0 for a server started afresh. */
   epoch?: number;
+  /** The move a server registering again still holds its calls for. */
+  migration?: string;
 }
 
 export interface Server extends Registration {
@@ -64,7 +66,7 @@ export function checkRegistration(value: unknown): Registration {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw badRequest('register takes one map: { name, pid, address, entry, argv, root }');
   }
-  const { name, pid, address, entry, argv, root, cwd, execArgv, epoch } = value as Record<string, unknown>;
+  const { name, pid, address, entry, argv, root, cwd, execArgv, epoch, migration } = value as Record<string, unknown>;
   if (!Number.isSafeInteger(pid) || (pid as number) <= 0) throw badRequest(`pid must be a positive integer; got ${JSON.stringify(pid)}`);
   if (typeof address !== 'string') throw badRequest('address must be a "host:port" string');
   let where;
@@ -79,7 +81,11 @@ export function checkRegistration(value: unknown): Registration {
   if (cwd !== undefined && typeof cwd !== 'string') throw badRequest('cwd must be a string');
   if (execArgv !== undefined && !isStrings(execArgv)) throw badRequest('execArgv must be an array of strings');
   if (epoch !== undefined && (!Number.isSafeInteger(epoch) || (epoch as number) < 0)) throw badRequest('epoch must be an integer >= 0');
-  return { name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root, cwd, execArgv, epoch: epoch as number | undefined };
+  if (migration !== undefined && (typeof migration !== 'string' || !/^[0-9a-f]{16}$/.test(migration))) throw badRequest('migration must be a move id of 16 hex digits');
+  return {
+    name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root, cwd, execArgv,
+    epoch: epoch as number | undefined, migration: migration as string | undefined,
+  };
 }
 
 function isStrings(value: unknown): value is string[] {

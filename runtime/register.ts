@@ -49,7 +49,11 @@ export function adoptLink(link: DaemonLink): void {
 }
 
 /** Registers `name` at `address` with the daemon at `daemon`; undefined when serving alone. */
-export async function register(name: string, address: string, epoch: number, daemon: string, keyFile?: string): Promise<Registration | undefined> {
+export async function register(
+  name: string, address: string, epoch: number, daemon: string, keyFile?: string,
+  /** The move the server holds its calls for, told to a daemon it registers with again. */
+  holding: () => string | undefined = () => undefined,
+): Promise<Registration | undefined> {
   let key: Buffer;
   let link: DaemonLink;
   try {
@@ -69,7 +73,7 @@ export async function register(name: string, address: string, epoch: number, dae
   }
   const stale = typeof answer?.stale?.to === 'string' && typeof answer.stale.epoch === 'number' ? answer.stale : undefined;
   return new Control(link, stale, () => openDaemon(daemon, key).then(async (next) => {
-    await registerOn(next, record).catch((error: unknown) => {
+    await registerOn(next, { ...record, migration: holding() }).catch((error: unknown) => {
       next.close();
       throw error;
     });

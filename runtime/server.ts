@@ -311,7 +311,8 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   server.address = formatAddress({ host, port: bound.port });
   net.on('error', (error) => process.stderr.write(`rpcmig: ${name}: ${error.message}\n`));
   const daemon = options.daemon ?? process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111';
-  if (daemon !== false) server.registration = await register(name, server.address, server.epoch, daemon, options.keyFile);
+  const holding = () => (server.migration.phase.name === 'snapshotted' ? server.migration.phase.order.id : undefined);
+  if (daemon !== false) server.registration = await register(name, server.address, server.epoch, daemon, options.keyFile, holding);
   const log = (line: string) => process.stderr.write(`rpcmig: ${name}: ${line}\n`);
   closeInspectorSignal(log);
   const stale = server.registration?.stale;
