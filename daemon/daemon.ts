@@ -244,6 +244,12 @@ class NameDaemon implements Daemon {
       return { name: server.name, address, stale: { to: forward.to, epoch: forward.epoch } };
     }
     this.options.log(`register ${server.name} pid ${server.pid} at ${server.address}${epoch > 0 ? ` (epoch ${epoch})` : ''}`);
+    if (registration.moved !== undefined) {
+      // In its grace period after a move this daemon committed before it stopped.
+      server.state = 'moved';
+      this.coordinator.settleMoved(server, registration.moved);
+      return { name: server.name, address };
+    }
     if (registration.migration !== undefined) {
       // It holds its calls for a move this daemon began before it stopped: settle that move.
       this.coordinator.resolve(server, registration.migration).catch((error: Error) => this.internal(`resolving migration ${registration.migration}`, error));

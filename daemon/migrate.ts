@@ -224,6 +224,19 @@ export class Coordinator {
     this.ctx.log(`migration ${id}: the destination ${order.to} did not answer; ${server.name} keeps holding its calls`);
   }
 
+  /**
+   * A server registered in its grace period after a move that a previous run of this daemon
+   * committed but stopped before it recorded: the forwarding entry is written now.
+   */
+  settleMoved(server: Server, moved: { to: string; epoch: number }): void {
+    const order = [...this.unresolved.values()].find((o) => o.name === server.name);
+    if (!order) return;
+    this.ctx.forwards.set({ name: server.name, to: moved.to, daemon: order.to, epoch: moved.epoch });
+    this.unresolved.delete(order.id);
+    rm(join(this.ctx.spool, 'leaving', order.id), { recursive: true, force: true }).catch(() => undefined);
+    this.ctx.log(`migration ${order.id}: ${server.name} had moved to ${moved.to}; its forwarding entry is written after a restart`);
+  }
+
   /** What the destination knows of a move; undefined when it cannot be asked now. */
   private async statusAt(order: OrderRecord): Promise<{ phase: string; address?: string; epoch?: number } | undefined> {
     try {

@@ -24,6 +24,8 @@ export interface Registration {
   epoch?: number;
   /** The move a server registering again still holds its calls for. */
   migration?: string;
+  /** Set by a server registering again in its grace period after a move. */
+  moved?: { to: string; epoch: number };
 }
 
 export interface Server extends Registration {
@@ -66,7 +68,7 @@ export function checkRegistration(value: unknown): Registration {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw badRequest('register takes one map: { name, pid, address, entry, argv, root }');
   }
-  const { name, pid, address, entry, argv, root, cwd, execArgv, epoch, migration } = value as Record<string, unknown>;
+  const { name, pid, address, entry, argv, root, cwd, execArgv, epoch, migration, moved } = value as Record<string, unknown>;
   if (!Number.isSafeInteger(pid) || (pid as number) <= 0) throw badRequest(`pid must be a positive integer; got ${JSON.stringify(pid)}`);
   if (typeof address !== 'string') throw badRequest('address must be a "host:port" string');
   let where;
@@ -84,8 +86,15 @@ export function checkRegistration(value: unknown): Registration {
   if (migration !== undefined && (typeof migration !== 'string' || !/^[0-9a-f]{16}$/.test(migration))) throw badRequest('migration must be a move id of 16 hex digits');
   return {
     name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root, cwd, execArgv,
-    epoch: epoch as number | undefined, migration: migration as string | undefined,
+    epoch: epoch as number | undefined, migration: migration as string | undefined, moved: checkMoved(moved),
   };
+}
+
+function checkMoved(value: unknown): { to: string; epoch: number } | undefined {
+  if (value === undefined) return undefined;
+  const { to, epoch } = (value ?? {}) as Record<string, unknown>;
+  if (typeof to !== 'string' || !Number.isSafeInteger(epoch)) throw badRequest('moved must be { to: "host:port", epoch }');
+  return { to, epoch: epoch as number };
 }
 
 function isStrings(value: unknown): value is string[] {

@@ -51,8 +51,8 @@ export function adoptLink(link: DaemonLink): void {
 /** Registers `name` at `address` with the daemon at `daemon`; undefined when serving alone. */
 export async function register(
   name: string, address: string, epoch: number, daemon: string, keyFile?: string,
-  /** The move the server holds its calls for, told to a daemon it registers with again. */
-  holding: () => string | undefined = () => undefined,
+  /** Where the server stands in a move, told to a daemon it registers with again. */
+  report: () => MigrationReport = () => ({}),
 ): Promise<Registration | undefined> {
   let key: Buffer;
   let link: DaemonLink;
@@ -73,7 +73,7 @@ export async function register(
   }
   const stale = typeof answer?.stale?.to === 'string' && typeof answer.stale.epoch === 'number' ? answer.stale : undefined;
   return new Control(link, stale, () => openDaemon(daemon, key).then(async (next) => {
-    await registerOn(next, { ...record, migration: holding() }).catch((error: unknown) => {
+    await registerOn(next, { ...record, ...report() }).catch((error: unknown) => {
       next.close();
       throw error;
     });
@@ -82,6 +82,12 @@ export async function register(
 }
 
 type RegisterAnswer = { stale?: { to: string; epoch: number } } | undefined;
+
+/** A server in the middle of a move holds its calls for `migration`; one that moved says where. */
+export interface MigrationReport {
+  migration?: string;
+  moved?: { to: string; epoch: number };
+}
 
 function registerOn(link: DaemonLink, record: Record<string, unknown>): Promise<RegisterAnswer> {
   return within(REGISTER_TIMEOUT_MS, link.call('register', [record])) as Promise<RegisterAnswer>;

@@ -7,7 +7,7 @@ import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, complete, CompletionRecords, HELLO, type Completion, type SavedRecords } from './records.js';
 import { INTERNAL_PREFIX, registerInternal, restoreInternal, unregisterInternal } from './state.js';
-import { register, type Registration } from './register.js';
+import { register, type MigrationReport, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
 export interface ServeOptions {
@@ -311,8 +311,13 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   server.address = formatAddress({ host, port: bound.port });
   net.on('error', (error) => process.stderr.write(`rpcmig: ${name}: ${error.message}\n`));
   const daemon = options.daemon ?? process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111';
-  const holding = () => (server.migration.phase.name === 'snapshotted' ? server.migration.phase.order.id : undefined);
-  if (daemon !== false) server.registration = await register(name, server.address, server.epoch, daemon, options.keyFile, holding);
+  // Told to a daemon it registers with again: the move it holds its calls for, or the one it made.
+  const report = (): MigrationReport => {
+    const phase = server.migration.phase;
+    if (phase.name === 'snapshotted') return { migration: phase.order.id };
+    return phase.name === 'moved' ? { moved: { to: phase.to, epoch: phase.epoch } } : {};
+  };
+  if (daemon !== false) server.registration = await register(name, server.address, server.epoch, daemon, options.keyFile, report);
   const log = (line: string) => process.stderr.write(`rpcmig: ${name}: ${line}\n`);
   closeInspectorSignal(log);
   const stale = server.registration?.stale;

@@ -1,13 +1,14 @@
-// A source daemon that stops in the middle of a move (a failpoint kills it) and is started
-// again settles the move: committed if the destination's copy serves, rolled back if it never
-// got that far. The server holds its calls meanwhile; none is lost or run twice.
+// A source daemon that stops in the middle of a move (a failpoint kills it at each step in
+// turn) and is started again settles the move: committed if the destination's copy serves,
+// rolled back if it never got that far. The server holds its calls meanwhile; none is lost or
+// run twice, nothing is left behind, and a retry without the fault succeeds.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
-import { parseFailpoints } from '../runtime/failpoints.js';
-import { Cluster, COUNTER } from './helpers/cluster.js';
+import { parseFailpoints, type Failpoint } from '../runtime/failpoints.js';
+import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
 import { CLI, cleanEnv, type DaemonProcess } from './helpers/daemon.js';
 import { isAlive, start, stop, waitFor, type Started } from './helpers/process.js';
 
@@ -56,48 +57,52 @@ test('failpoint names are checked: a typo is an error, not a fault that never fi
   assert.throws(() => parseFailpoints('copy.after=explode'), /not NAME=crash/);
 });
 
-test('the source daemon dies after the destination served: started again, it commits the move', async () => {
-  const source = await sourceDaemon('dies-at-commit', 'commit.before=crash');
-  const { started, client } = await counterOn(source.daemon, 'survivor');
-  await client.incr(5);
-  const moving = await cluster.migrate('survivor', source.daemon, b);
-  assert.is.not(moving.code, 0, 'the order cannot succeed: its daemon died');
-  assert.ok(await waitFor(() => !isAlive(source.daemon.pid), 5000), 'the failpoint killed the source daemon');
-  const held = client.incr(1);
-  const again = await source.restart();
-  try {
-    assert.ok(await waitFor(() => started.stderr().includes('registered again'), 10_000), started.stderr());
-    assert.is(await held, 6, 'the held call ran once, at the destination');
-    const there = await cluster.serving(b, 'survivor');
-    assert.is((await client.where()).pid, there.pid);
-    assert.equal((await cluster.ls(again)).forwards, [{ name: 'survivor', to: there.address }]);
-    assert.match(again.stderr(), /committed after a restart/);
-    assert.equal(readdirSync(join(cluster.dir, 'dies-at-commit', 'leaving')), []);
-  } finally {
-    await stop(again.pid);
-  }
-});
+/**
+ * The source daemon dies at each step (its failpoint crashes it), and is started again on the
+ * same port and spool. Where the state must end up, written beside each step: before the
+ * destination serves, the move rolls back; once it serves, the move is committed.
+ */
+const MATRIX: Array<[Failpoint, 'source' | 'destination']> = [
+  ['prepare.after', 'source'],
+  ['signal.after', 'source'],
+  ['copy.after', 'source'],
+  ['start.after', 'destination'],
+  ['commit.before', 'destination'],
+  ['commit.after', 'destination'],
+];
 
-test('the source daemon dies after the copy, before the start: started again, it rolls the move back', async () => {
-  const source = await sourceDaemon('dies-after-copy', 'copy.after=crash');
-  const { started, client } = await counterOn(source.daemon, 'stayer');
-  await client.incr(5);
-  const moving = await cluster.migrate('stayer', source.daemon, b);
-  assert.is.not(moving.code, 0);
-  assert.ok(await waitFor(() => !isAlive(source.daemon.pid), 5000));
-  const held = client.incr(1);
-  const again = await source.restart();
-  try {
-    assert.is(await held, 6, 'the held call ran once, at the source');
-    assert.is((await client.where()).pid, started.pid);
-    assert.is((await cluster.ls(b)).servers.find((s) => s.name === 'stayer'), undefined, 'nothing of it serves at the destination');
-    const arriving = join(cluster.dir, `host${cluster.daemons.indexOf(b)}`, 'spool', 'arriving');
-    assert.ok(await waitFor(() => !existsSync(arriving) || readdirSync(arriving).length === 0, 5000), 'the destination removed what it received');
-    assert.match(again.stderr(), /rolled back after a restart/);
-    assert.is((await cluster.serving(again, 'stayer')).pid, started.pid);
-  } finally {
-    await stop(again.pid);
-  }
-});
+for (const [point, owner] of MATRIX) {
+  test(`the source daemon crashes at ${point}: started again, the ${owner} serves, every call counted once, and a retry succeeds`, async () => {
+    const label = `crash-${point.replace('.', '-')}`;
+    const source = await sourceDaemon(label, `${point}=crash`);
+    const { started, client } = await counterOn(source.daemon, label);
+    await client.incr(5);
+    const moving = await cluster.migrate(label, source.daemon, b);
+    assert.is.not(moving.code, 0, 'the order cannot succeed: its daemon died');
+    assert.ok(await waitFor(() => !isAlive(source.daemon.pid), 5000), 'the failpoint killed the source daemon');
+    const held = client.incr(1);
+    const again = await source.restart();
+    try {
+      assert.ok(await waitFor(() => started.stderr().includes('registered again'), 10_000), started.stderr());
+      assert.is(await held, 6, 'the call made meanwhile ran once');
+      const here = (await cluster.ls(again)).servers.find((s) => s.name === label && s.state === 'serving');
+      const there = (await cluster.ls(b)).servers.find((s) => s.name === label && s.state === 'serving');
+      const serving = owner === 'source' ? here : there;
+      assert.ok(serving, `the ${owner} serves ${label}`);
+      assert.is(owner === 'source' ? there : here, undefined, 'and only it');
+      assert.is((await client.where()).pid, serving!.pid);
+      if (owner === 'destination') assert.equal((await cluster.ls(again)).forwards.find((f) => f.name === label)?.to, there!.address);
+      const arriving = join(cluster.dir, `host${cluster.daemons.indexOf(b)}`, 'spool', 'arriving');
+      assert.ok(await waitFor(() => !existsSync(arriving) || readdirSync(arriving).length === 0, 5000), 'the destination keeps nothing of a move that did not happen');
+      const leaving = join(cluster.dir, label, 'leaving');
+      assert.ok(await waitFor(() => !existsSync(leaving) || readdirSync(leaving).length === 0, 5000), 'the source settled what it left under way');
+      const [from, to] = owner === 'source' ? [again, b] : [b, again];
+      breakdown(await cluster.migrate(label, from, to, ['--grace', '0.2']));
+      assert.is(await client.incr(1), 7, 'a retry without the fault moves it');
+    } finally {
+      await stop(again.pid);
+    }
+  });
+}
 
 test.run();
