@@ -85,6 +85,7 @@ async function runDaemon(values: Values, positionals: string[]): Promise<number>
     handshakeTimeout: envNumber('RPCMIG_HANDSHAKE_TIMEOUT_MS'),
     maxFrame: envNumber('RPCMIG_MAX_FRAME'),
     pidCheckInterval: envNumber('RPCMIG_PID_CHECK_MS'),
+    maxConnectionsPerPeer: envNumber('RPCMIG_MAX_CONNECTIONS_PER_PEER'),
   };
   const keyFile = (values['key-file'] as string | undefined) ?? process.env.RPCMIG_KEY_FILE;
   const key = loadKey(keyFile);

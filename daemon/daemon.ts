@@ -33,6 +33,8 @@ export interface DaemonOptions {
   maxFrame?: number;
   /** How often registered pids are checked for life, in milliseconds. */
   pidCheckInterval?: number;
+  /** Connections one peer host may hold open at once; more are closed at once. */
+  maxConnectionsPerPeer?: number;
   /** One line per event, without a prefix or newline. */
   log: (line: string) => void;
 }
@@ -85,6 +87,9 @@ function keyFileFor(options: DaemonOptions): string {
   return file;
 }
 
+/** Connections one host may hold open to a daemon: every server there holds one, so it is ample. */
+export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024;
+
 /** How many daemons a lookup may follow forwarding entries through. */
 const MAX_HOPS = 8;
 const MIN_GRACE_MS = 0;
@@ -108,6 +113,8 @@ class NameDaemon implements Daemon {
   private readonly coordinator: Coordinator;
   private readonly arrivals: Arrivals;
   private readonly sockets = new Set<Socket>();
+  /** Open connections by peer host, for the per-peer limit. */
+  private readonly perHost = new Map<string, number>();
   private readonly sweeper: NodeJS.Timeout;
   private readonly methods: Record<string, Method> = {
     hello: () => ({ id: this.id, address: this.advertised }),
@@ -164,10 +171,23 @@ class NameDaemon implements Daemon {
   }
 
   private async accept(socket: Socket): Promise<void> {
-    this.sockets.add(socket);
     socket.on('error', () => undefined); // a reset peer still emits 'close', handled below
-    const peer = { socket, label: formatAddress({ host: socket.remoteAddress ?? '?', port: socket.remotePort ?? 0 }) };
-    socket.once('close', () => this.disconnected(peer));
+    const host = socket.remoteAddress ?? '?';
+    const peer = { socket, label: formatAddress({ host, port: socket.remotePort ?? 0 }) };
+    const open = this.perHost.get(host) ?? 0;
+    const limit = this.options.maxConnectionsPerPeer ?? DEFAULT_MAX_CONNECTIONS_PER_PEER;
+    if (open >= limit) {
+      this.options.log(`refused ${peer.label}: ${host} holds ${limit} connections already`);
+      return void socket.destroy();
+    }
+    this.perHost.set(host, open + 1);
+    this.sockets.add(socket);
+    socket.once('close', () => {
+      const left = (this.perHost.get(host) ?? 1) - 1;
+      if (left > 0) this.perHost.set(host, left);
+      else this.perHost.delete(host);
+      this.disconnected(peer);
+    });
     const verdict = await answerHandshake(socket, this.options.key, this.options.handshakeTimeout ?? DEFAULT_HANDSHAKE_TIMEOUT);
     if (!verdict.accepted) return this.options.log(`refused ${peer.label}: ${REFUSALS[verdict.code]}`);
     socket.setNoDelay(true);

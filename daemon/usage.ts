@@ -1,6 +1,7 @@
 // The CLI's help texts and exit codes: what `rpcmig --help` promises, kept in one place.
 import { DEFAULT_HANDSHAKE_TIMEOUT } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME } from '../runtime/wire.js';
+import { DEFAULT_MAX_CONNECTIONS_PER_PEER } from './daemon.js';
 
 export const EXIT = {
   ok: 0,
@@ -66,6 +67,7 @@ Environment:
   RPCMIG_HANDSHAKE_TIMEOUT_MS  time a connection has to authenticate (default: ${DEFAULT_HANDSHAKE_TIMEOUT})
   RPCMIG_MAX_FRAME             largest message after authenticating, in bytes (default: ${DEFAULT_MAX_FRAME})
   RPCMIG_PID_CHECK_MS          how often registered pids are checked (default: 1000)
+  RPCMIG_MAX_CONNECTIONS_PER_PEER  connections one host may hold open (default: ${DEFAULT_MAX_CONNECTIONS_PER_PEER})
 `,
   keygen: `Usage: rpcmig keygen FILE [--force]
 

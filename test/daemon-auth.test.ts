@@ -200,6 +200,35 @@ test('loadKey refuses no key, a missing file, a file others can read, and a file
   assert.equal(loadKey(key.file), Buffer.from(key.hex, 'hex'));
 });
 
+test('one host may hold so many connections; past that a connection is closed at once, and room comes back', async () => {
+  const limited = await startDaemonProcess(key.file, join(dir, 'limited'), { RPCMIG_MAX_CONNECTIONS_PER_PEER: '3' });
+  const colon = limited.address.lastIndexOf(':');
+  const open = () => {
+    const socket = connect({ host: limited.address.slice(0, colon), port: Number(limited.address.slice(colon + 1)) });
+    socket.on('error', () => undefined);
+    const state = { hello: false, closed: false, socket };
+    socket.on('data', () => (state.hello = true));
+    socket.on('close', () => (state.closed = true));
+    return state;
+  };
+  try {
+    const held = [open(), open(), open()];
+    assert.ok(await waitFor(() => held.every((s) => s.hello), 2000), 'three are greeted');
+    const fourth = open();
+    assert.ok(await waitFor(() => fourth.closed, 2000), 'the fourth is closed');
+    assert.is(fourth.hello, false, 'without a word');
+    assert.match(limited.stderr(), /refused 127\.0\.0\.1:\d+: 127\.0\.0\.1 holds 3 connections already/);
+    held[0].socket.destroy();
+    await waitFor(() => held[0].closed, 2000);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const fifth = open();
+    assert.ok(await waitFor(() => fifth.hello, 2000), 'a place freed is given again');
+    for (const s of [...held, fifth]) s.socket.destroy();
+  } finally {
+    await stop(limited.pid);
+  }
+});
+
 test('the key never appears in the daemon output', () => {
   const output = daemon.stdout() + daemon.stderr();
   assert.not.ok(output.includes(key.hex));
