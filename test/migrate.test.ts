@@ -154,6 +154,7 @@ test('a forwarding entry survives a restart of the source daemon', async () => {
     clients.push(fresh);
     assert.is(await fresh.get(), 9);
   } finally {
+    await cluster.ls(again).catch(() => undefined); // its servers are ended with the cluster's
     await stop(again.pid);
   }
 });
