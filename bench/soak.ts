@@ -60,7 +60,7 @@ async function main(): Promise<void> {
     for (const [from, to] of [['a', 'b'], ['b', 'c'], ['c', 'a']]) await cli(['migrate', 'soak', '--daemon', daemonOf(from), '--to', daemonOf(to), '--grace', '0.3', '--json']);
     await new Promise((resolve) => setTimeout(resolve, 800));
     const before = new Map([...daemons].map(([host, pid]) => [host, { fds: fds(pid), rss: rss(pid) }]));
-    const load = lab.run('d', process.execPath, [CLIENT, 'soak', daemonOf('a'), key.file, String(MOVES * 400 + 5000), '8'], { timeoutMs: MOVES * 2000 + 60_000 });
+    const load = lab.run('d', process.execPath, [CLIENT, 'soak', daemonOf('a'), key.file, String(MOVES * 500 + 5000), '8'], { timeoutMs: MOVES * 2000 + 60_000 });
     const started = performance.now();
     const totals: number[] = [];
     let at = 'a';
