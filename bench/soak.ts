@@ -9,7 +9,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { COUNTER } from '../test/helpers/cluster.js';
 import { CLI, tempDir, writeKey } from '../test/helpers/daemon.js';
-import { createHosts } from '../test/helpers/netns.js';
+import { createHosts, firstMatch } from '../test/helpers/netns.js';
 import { ROOT } from '../test/helpers/process.js';
 import { machine, writeSection } from './results.js';
 
@@ -21,21 +21,6 @@ const fds = (pid: number) => readdirSync(`/proc/${pid}/fd`).length;
 const rss = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
 const mb = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
 
-function firstMatch(child: import('node:child_process').ChildProcess, pattern: RegExp): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`no ${pattern}: ${out}`)), 10_000);
-    child.stdout?.setEncoding('utf8').on('data', (text: string) => {
-      out += text;
-      const match = pattern.exec(out);
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-  });
-}
-
 async function main(): Promise<void> {
   const dir = tempDir();
   const key = writeKey(dir);
@@ -46,11 +31,11 @@ async function main(): Promise<void> {
     const daemons = new Map<string, number>();
     for (const host of HOSTS) {
       const child = lab.exec(host, process.execPath, [CLI, 'daemon', '--listen', daemonOf(host), '--dir', join(dir, host)], { env, stdio: ['ignore', 'pipe', 'ignore'] });
-      await firstMatch(child, /listening on (\S+)/);
+      await firstMatch(child, /listening on (\S+)/, 10_000);
       daemons.set(host, child.pid!);
     }
     const serverEnv = { ...env, RPCMIG_DAEMON: daemonOf('a'), RPCMIG_HOST: lab.host('a').address };
-    await firstMatch(lab.exec('a', process.execPath, [COUNTER, '--name', 'soak'], { env: serverEnv, cwd: join(ROOT, 'fixtures'), stdio: ['ignore', 'pipe', 'ignore'] }), /listening (\S+)/);
+    await firstMatch(lab.exec('a', process.execPath, [COUNTER, '--name', 'soak'], { env: serverEnv, cwd: join(ROOT, 'fixtures'), stdio: ['ignore', 'pipe', 'ignore'] }), /listening (\S+)/, 10_000);
     const cli = async (args: string[]) => {
       const result = await lab.run('d', process.execPath, [CLI, ...args, '--key-file', key.file], { timeoutMs: 60_000 });
       if (result.code !== 0) throw new Error(`rpcmig ${args.join(' ')}: ${result.stderr}`);

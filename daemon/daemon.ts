@@ -13,7 +13,8 @@ import { answerHandshake, DEFAULT_HANDSHAKE_TIMEOUT, REFUSALS } from '../runtime
 import { DEFAULT_MAX_FRAME, encode, NOTIFICATION, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
 import { Arrivals } from './arrive.js';
 import { Forwards } from './forwards.js';
-import { Coordinator } from './migrate.js';
+import { Coordinator, type SourceContext } from './migrate.js';
+import { Recovery } from './recover.js';
 import { checkName, checkRegistration, Names, type Listing, type Server } from './names.js';
 import { BlobStore } from './transfer.js';
 
@@ -111,6 +112,7 @@ class NameDaemon implements Daemon {
   private readonly names: Names;
   private readonly forwards: Forwards;
   private readonly coordinator: Coordinator;
+  private readonly recovery: Recovery;
   private readonly arrivals: Arrivals;
   private readonly sockets = new Set<Socket>();
   /** Open connections by peer host, for the per-peer limit. */
@@ -143,11 +145,13 @@ class NameDaemon implements Daemon {
     this.names = new Names(this.advertised);
     this.forwards = new Forwards(options.dir, options.log);
     const log = options.log;
-    this.coordinator = new Coordinator({
+    const source: SourceContext = {
       key: options.key, spool: options.dir, advertised: this.advertised, daemonId: this.id,
       names: this.names, forwards: this.forwards, log,
       notify: (server, method, params) => this.notify(server, method, params),
-    });
+    };
+    this.coordinator = new Coordinator(source);
+    this.recovery = new Recovery(source);
     const host = parseAddress(this.advertised).host;
     this.arrivals = new Arrivals({
       spool: options.dir, store, log,
@@ -160,7 +164,7 @@ class NameDaemon implements Daemon {
 
   /** What a previous run left under way is read before the first server registers. */
   init(): Promise<void> {
-    return this.coordinator.loadUnresolved();
+    return this.recovery.loadUnresolved();
   }
 
   async close(): Promise<void> {
@@ -267,12 +271,12 @@ class NameDaemon implements Daemon {
     if (registration.moved !== undefined) {
       // In its grace period after a move this daemon committed before it stopped.
       server.state = 'moved';
-      this.coordinator.settleMoved(server, registration.moved);
+      this.recovery.settleMoved(server, registration.moved);
       return { name: server.name, address };
     }
     if (registration.migration !== undefined) {
       // It holds its calls for a move this daemon began before it stopped: settle that move.
-      this.coordinator.resolve(server, registration.migration).catch((error: Error) => this.internal(`resolving migration ${registration.migration}`, error));
+      this.recovery.resolve(server, registration.migration).catch((error: Error) => this.internal(`resolving migration ${registration.migration}`, error));
       return { name: server.name, address };
     }
     this.forwards.delete(server.name);

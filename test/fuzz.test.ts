@@ -5,11 +5,8 @@
 // memory stays bounded.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-// The server's liveness is asked of the built-in whereis: fuzzed calls may change the counter's state.
-import { connect, invoke, WHEREIS } from '../runtime/index.js';
-import { loadKey, openDaemon } from '../runtime/daemonlink.js';
-import { Cluster, COUNTER } from './helpers/cluster.js';
-import { campaign } from './helpers/fuzz.js';
+import { Cluster } from './helpers/cluster.js';
+import { campaign, fuzzTargets } from './helpers/fuzz.js';
 
 const CASES = Number(process.env.FUZZ_CASES) || 150;
 const cluster = new Cluster();
@@ -22,23 +19,9 @@ async function check(label: string, seed: number, address: string, pid: number, 
 }
 
 test('fuzzed server port, daemon port before and after the handshake: both stay up and answer', async () => {
-  const daemon = await cluster.daemon();
-  const server = await cluster.server(COUNTER, daemon, ['--name', 'fuzzed']);
-  const [host, port] = server.ready[0].split(':');
-  const client = await connect<{ [WHEREIS](): string }>({ host, port: Number(port), exactlyOnce: false });
-  const key = loadKey(cluster.key.file);
-  const daemonAnswers = async () => {
-    const link = await openDaemon(daemon.address, key);
-    try {
-      return ((await link.call('lookup', ['fuzzed'])) as { address: string }).address === server.ready[0];
-    } finally {
-      link.close();
-    }
-  };
-  await check('server', 1, server.ready[0], server.pid, async () => (await invoke(client, WHEREIS)) === server.ready[0]);
-  await check('daemon, unauthenticated', 2, daemon.address, daemon.pid, daemonAnswers);
-  await check('daemon, authenticated', 3, daemon.address, daemon.pid, daemonAnswers, key);
-  await client.close();
+  const { targets, close } = await fuzzTargets(cluster);
+  for (const [i, target] of targets.entries()) await check(target.label, i + 1, target.address, target.pid, target.answers, target.key);
+  await close();
 });
 
 test.run();

@@ -3,11 +3,10 @@
 // were told about is counted once, and the server ends where it started, with its state.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { COUNTER } from './helpers/cluster.js';
 import { CLI, tempDir, writeKey } from './helpers/daemon.js';
-import { createHosts, requireNetns, type Hosts } from './helpers/netns.js';
+import { createHosts, firstMatch, requireNetns, type Hosts } from './helpers/netns.js';
 import { ROOT } from './helpers/process.js';
 
 const CLIENT = join(ROOT, 'dist', 'test', 'programs', 'counter-client.js');
@@ -16,22 +15,6 @@ const key = writeKey(dir);
 const env = { ...process.env, RPCMIG_KEY_FILE: key.file };
 let lab: Hosts;
 let setupError: unknown;
-
-function firstMatch(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`no ${pattern} within ${timeoutMs} ms: ${out}`)), timeoutMs);
-    child.stdout?.setEncoding('utf8').on('data', (text: string) => {
-      out += text;
-      const match = pattern.exec(out);
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`exited (${code}) before ${pattern}: ${out}`)));
-  });
-}
 
 const daemonOf = (host: string) => `${lab.host(host).address}:4111`;
 

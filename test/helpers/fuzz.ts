@@ -5,7 +5,10 @@
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { Packr } from 'msgpackr';
+import { loadKey, openDaemon, parseAddress } from '../../runtime/daemonlink.js';
 import { offerHandshake } from '../../runtime/handshake.js';
+import { connect as connectClient, invoke, WHEREIS } from '../../runtime/index.js';
+import { COUNTER, type Cluster } from './cluster.js';
 
 /** mulberry32: small, fast, and the same sequence for the same seed everywhere. */
 export function random(seed: number): () => number {
@@ -119,4 +122,40 @@ export async function campaign(seed: number, cases: number, address: string, pid
     if (!(await answers().catch(() => false))) return { cases: i + 1, before, after: rss(pid), failure: `no answer after case ${i} (seed ${seed})` };
   }
   return { cases, before, after: rss(pid) };
+}
+
+export interface Target {
+  label: string;
+  address: string;
+  pid: number;
+  /** Whether the process still serves: asked of the built-in whereis or the daemon's lookup. */
+  answers(): Promise<boolean>;
+  /** Set for the daemon port after the handshake. */
+  key?: Buffer;
+}
+
+/**
+ * A daemon and a counter server registered with it, as the three targets of a campaign: the
+ * server's port, and the daemon's port before and after the handshake. Fuzzed calls may change
+ * the counter itself, so the server's liveness is asked of its built-in whereis.
+ */
+export async function fuzzTargets(cluster: Cluster): Promise<{ targets: Target[]; close(): Promise<void> }> {
+  const daemon = await cluster.daemon();
+  const server = await cluster.server(COUNTER, daemon, ['--name', 'fuzzed']);
+  const client = await connectClient<{ [WHEREIS](): string }>({ ...parseAddress(server.ready[0], 0), exactlyOnce: false });
+  const key = loadKey(cluster.key.file);
+  const daemonAnswers = async () => {
+    const link = await openDaemon(daemon.address, key);
+    try {
+      return ((await link.call('lookup', ['fuzzed'])) as { address: string }).address === server.ready[0];
+    } finally {
+      link.close();
+    }
+  };
+  const targets: Target[] = [
+    { label: 'server port', address: server.ready[0], pid: server.pid, answers: async () => (await invoke(client, WHEREIS)) === server.ready[0] },
+    { label: 'daemon port, before the handshake', address: daemon.address, pid: daemon.pid, answers: daemonAnswers },
+    { label: 'daemon port, after the handshake', address: daemon.address, pid: daemon.pid, answers: daemonAnswers, key },
+  ];
+  return { targets, close: () => client.close() };
 }

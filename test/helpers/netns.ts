@@ -278,3 +278,20 @@ export async function createHosts(names: string[], options: HostsOptions = {}): 
   }
   return lab;
 }
+
+/** The first capture group of `pattern` in a host process's stdout; rejects on exit or after `timeoutMs`. */
+export function firstMatch(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`no ${pattern} within ${timeoutMs} ms: ${out}`)), timeoutMs);
+    child.stdout?.setEncoding('utf8').on('data', (text: string) => {
+      out += text;
+      const match = pattern.exec(out);
+      if (match) {
+        clearTimeout(timer);
+        resolve(match[1]);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`exited (${code}) before ${pattern}: ${out}`)));
+  });
+}
