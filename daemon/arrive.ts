@@ -2,32 +2,59 @@
 // the blobs its cache lacks and the state file, materialises the program, starts it with
 // RPCMIG_RESTORE and answers once the restored server has registered here.
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join, posix, relative } from 'node:path';
-import { within } from '../runtime/daemonlink.js';
+import { openDaemon, parseAddress, within } from '../runtime/daemonlink.js';
+import { failpoint } from '../runtime/failpoints.js';
+import { ARRIVAL_ENV } from '../runtime/register.js';
+import { writeStateFile as writeRecordFile } from '../runtime/statefile.js';
 import { RpcmigError } from '../runtime/errors.js';
 import { STANDBY_ENV } from '../runtime/state.js';
 import { deferred, type Deferred } from './deferred.js';
-import { launch, tail, type Launched } from './launch.js';
+import { end, launch, tail, type Launched } from './launch.js';
 import { checkName, type Server } from './names.js';
 import { BlobReceiver, BlobStore, manifestId, materialize, validateManifest, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
 
 export interface ArrivalContext {
   spool: string;
+  key: Buffer;
   store: BlobStore;
   /** What the started server is told: its daemon, the key file, the host to listen on. */
   serverEnv: Record<string, string>;
   /** True when a server of that name serves here (not one in its grace period). */
   serves(name: string): boolean;
+  /** The source committed the move: the server it brought here, held as `arriving`, serves. */
+  confirm(name: string, id: string): void;
+  /** The source rolled the move back: the server it brought here is unregistered (and ended). */
+  evict(name: string, id: string): void;
   log(line: string): void;
 }
+
+/**
+ * What `arriving/<id>/arrival.json` holds from the prepare until the source's commit or abort:
+ * whom to ask how the move ended should this daemon stop before it hears, and which process
+ * it started. Written without fsync: it guards against this daemon's crash, and a crash of the
+ * host ends the processes it names too.
+ */
+export interface ArrivalRecord {
+  id: string;
+  name: string;
+  /** The source daemon's address. */
+  source: string;
+  pid?: number;
+}
+
+/** How a move ended, as its source daemon tells it. */
+export type Outcome = 'committed' | 'aborted' | 'pending';
 
 /** What the source sends first: the program and how to start it. */
 export interface Shipment {
   id: string;
   name: string;
+  /** The source daemon, asked how the move ended by a destination that restarted. */
+  source: string;
   /** Empty when the source sent the program's id alone. */
   manifest: Manifest;
   /** The manifest's id: the program's tree lives under `programs/<id>`. */
@@ -64,6 +91,12 @@ interface Arrival extends Shipment {
 
 /** How long a started server has to restore and register. */
 const START_TIMEOUT_MS = Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000;
+/** A started server whose commit has not come after this long: the source is asked. */
+const SETTLE_AFTER_MS = Number(process.env.RPCMIG_SETTLE_AFTER_MS) || 30_000;
+/** How often, and how many times, a destination asks the source how a move ended. */
+const SETTLE_RETRY_MS = 1000;
+const SETTLE_ATTEMPTS = 600;
+const RECORD_FILE = 'arrival.json';
 const MAX_STATE_BYTES = 2 ** 32;
 const ID = /^[0-9a-f]{16}$/;
 const PROGRAM_ID = /^[0-9a-f]{64}$/;
@@ -72,6 +105,10 @@ export class Arrivals {
   private readonly arrivals = new Map<string, Arrival>();
   /** Servers started here and not registered yet, by name. */
   private readonly awaited = new Map<string, { pid: number; registered(arrived: Arrived): void }>();
+  /** Moves a previous run of this daemon did not hear the end of, by id. */
+  private readonly unsettled = new Map<string, ArrivalRecord>();
+  /** Moves the source rolled back after this daemon restarted: their processes must not register. */
+  private readonly abandoned = new Set<string>();
 
   constructor(private readonly ctx: ArrivalContext) {}
 
@@ -91,7 +128,8 @@ export class Arrivals {
       }
     }
     if (this.arrivals.has(shipment.id)) throw refuseMigration(`migration ${shipment.id} is already under way here`);
-    if (this.ctx.serves(shipment.name) || [...this.arrivals.values()].some((a) => a.name === shipment.name)) {
+    const arriving = [...this.arrivals.values(), ...this.unsettled.values()].some((a) => a.name === shipment.name);
+    if (this.ctx.serves(shipment.name) || arriving) {
       throw new RpcmigError('NAME_TAKEN', `a server named ${JSON.stringify(shipment.name)} already serves or arrives here`);
     }
     const dir = join(this.ctx.spool, 'arriving', shipment.id);
@@ -102,6 +140,7 @@ export class Arrivals {
       state: new StateWriter(join(dir, 'state')),
     };
     this.arrivals.set(shipment.id, arrival);
+    this.record(arrival);
     this.ctx.log(`migration ${shipment.id}: receiving ${shipment.name} (program ${shipment.program.slice(0, 12)}${have ? ', in place' : ''})`);
     // A program materialised here before needs no blob: its tree is already in place.
     return { known: true, lacking: have ? [] : await this.ctx.store.missing(shipment.manifest) };
@@ -118,12 +157,13 @@ export class Arrivals {
     return this.receiving(id).receiver.receive(pieces);
   }
 
-  state(params: unknown[]): Promise<void> {
+  async state(params: unknown[]): Promise<void> {
     const [id, offset, bytes, final] = params;
     if (!Number.isSafeInteger(offset) || !(bytes instanceof Uint8Array) || typeof final !== 'boolean') {
       throw new RpcmigError('BAD_REQUEST', 'state takes [id, offset, bytes, final]');
     }
-    return this.receiving(id).state.write(offset as number, bytes, final);
+    await this.receiving(id).state.write(offset as number, bytes, final);
+    if (final) await failpoint('arrive.copy.after', this.ctx.log);
   }
 
   /**
@@ -140,9 +180,10 @@ export class Arrivals {
     const log = await this.logFile(arrival);
     const launched = launch({
       program, entry: relative(program, bootstrap), cwd: arrival.cwd, argv: [join(program, arrival.entry), ...arrival.argv],
-      execArgv: arrival.execArgv, log, env: { ...this.ctx.serverEnv, [STANDBY_ENV]: arrival.id },
+      execArgv: arrival.execArgv, log, env: { ...this.ctx.serverEnv, [STANDBY_ENV]: arrival.id, [ARRIVAL_ENV]: arrival.id },
     });
     arrival.pid = launched.pid;
+    this.record(arrival);
     const standby = { launched, log, called: deferred<void>(), handOver: deferred<string>() };
     arrival.standby = standby;
     this.ctx.log(`migration ${arrival.id}: standby for ${arrival.name} pid ${launched.pid} (log ${log})`);
@@ -184,8 +225,10 @@ export class Arrivals {
       const arrived = await within(START_TIMEOUT_MS, serving, late);
       arrival.phase = 'started';
       arrival.arrived = arrived;
-      // Removed after the reply: the source's clients are waiting for it.
-      setImmediate(() => rm(arrival.dir, { recursive: true, force: true }).catch((error: Error) => this.ctx.log(`could not remove ${arrival.dir}: ${error.message}`)));
+      await failpoint('arrive.start.after', this.ctx.log);
+      // Removed after the reply: the source's clients are waiting for it. The record stays until the commit.
+      setImmediate(() => rm(arrival.state.path, { force: true }).catch((error: Error) => this.ctx.log(`could not remove ${arrival.state.path}: ${error.message}`)));
+      setTimeout(() => this.unheard(arrival), SETTLE_AFTER_MS).unref();
       return { ...arrived, pid: launched.pid };
     } catch (error) {
       if (started) kill(started.pid);
@@ -200,9 +243,10 @@ export class Arrivals {
     const log = await this.logFile(arrival);
     const launched = launch({
       program, entry: arrival.entry, cwd: arrival.cwd, argv: arrival.argv, execArgv: arrival.execArgv, log,
-      env: { ...this.ctx.serverEnv, RPCMIG_RESTORE: arrival.state.path },
+      env: { ...this.ctx.serverEnv, RPCMIG_RESTORE: arrival.state.path, [ARRIVAL_ENV]: arrival.id },
     });
     arrival.pid = launched.pid;
+    this.record(arrival);
     this.ctx.log(`migration ${arrival.id}: started ${arrival.name} pid ${launched.pid} (log ${log})`);
     return { launched, log };
   }
@@ -225,11 +269,92 @@ export class Arrivals {
   }
 
   /** The source recorded the move: the started server is this host's now. */
-  commit(id: unknown): void {
+  async commit(id: unknown): Promise<void> {
     const arrival = this.arrivals.get(String(id));
     if (arrival?.phase !== 'started') throw refuseMigration(`no started migration ${JSON.stringify(id)} here`);
+    await failpoint('arrive.commit.before', this.ctx.log);
     this.arrivals.delete(arrival.id);
+    await rm(arrival.dir, { recursive: true, force: true });
     this.ctx.log(`migration ${arrival.id}: ${arrival.name} committed`);
+  }
+
+  /**
+   * What a previous run left in `arriving/`: moves it did not hear the end of. Each is settled
+   * by asking its source; meanwhile a server one of them started is held as `arriving`.
+   */
+  async loadUnsettled(): Promise<void> {
+    const arriving = join(this.ctx.spool, 'arriving');
+    for (const id of await readdir(arriving).catch(() => [] as string[])) {
+      const record = await readFile(join(arriving, id, RECORD_FILE), 'utf8').then(checkRecord, () => undefined);
+      if (record?.id !== id) {
+        await rm(join(arriving, id), { recursive: true, force: true });
+        continue;
+      }
+      this.unsettled.set(id, record);
+      this.ctx.log(`migration ${id}: ${record.name} was arriving from ${record.source} when this daemon stopped; asking how it ended`);
+      void this.settle(record);
+    }
+  }
+
+  /** How a registering process that a move started stands: held until settled, or refused. */
+  verdict(arrival: string): 'unsettled' | 'abandoned' | undefined {
+    if (this.unsettled.has(arrival)) return 'unsettled';
+    return this.abandoned.has(arrival) ? 'abandoned' : undefined;
+  }
+
+  /** A started server whose commit never came (the source's word was lost): the source is asked. */
+  private unheard(arrival: Arrival): void {
+    if (this.arrivals.get(arrival.id) !== arrival) return;
+    this.ctx.log(`migration ${arrival.id}: no commit ${SETTLE_AFTER_MS} ms after ${arrival.name} started; asking ${arrival.source}`);
+    this.arrivals.delete(arrival.id);
+    const record = { id: arrival.id, name: arrival.name, source: arrival.source, pid: arrival.pid };
+    this.unsettled.set(record.id, record);
+    void this.settle(record);
+  }
+
+  /** Asks the source until it says committed or aborted, and acts on the answer. */
+  private async settle(record: ArrivalRecord): Promise<void> {
+    const { id, name, source } = record;
+    for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
+      const outcome = await this.askSource(record);
+      if (outcome === 'committed') {
+        this.unsettled.delete(id);
+        this.ctx.confirm(name, id);
+        this.ctx.log(`migration ${id}: ${source} committed it; ${name} serves here`);
+      } else if (outcome === 'aborted') {
+        this.unsettled.delete(id);
+        this.abandoned.add(id);
+        this.ctx.evict(name, id);
+        if (record.pid !== undefined && end(record.pid, ARRIVAL_ENV, id)) this.ctx.log(`migration ${id}: ended pid ${record.pid}`);
+        this.ctx.log(`migration ${id}: ${source} rolled it back; ${name} serves there, not here`);
+      } else {
+        await new Promise((resolve) => setTimeout(resolve, SETTLE_RETRY_MS));
+        continue;
+      }
+      await rm(join(this.ctx.spool, 'arriving', id), { recursive: true, force: true });
+      return;
+    }
+    this.ctx.log(`migration ${id}: ${source} did not say how the move ended; ${name} stays held here`);
+  }
+
+  private async askSource({ id, source }: ArrivalRecord): Promise<Outcome | undefined> {
+    try {
+      const link = await openDaemon(source, this.ctx.key, { timeout: SETTLE_RETRY_MS * 2 });
+      try {
+        const answer = (await within(SETTLE_RETRY_MS * 2, link.call('outcome', [id]))) as { outcome?: unknown };
+        return answer?.outcome === 'committed' || answer?.outcome === 'aborted' || answer?.outcome === 'pending' ? answer.outcome : undefined;
+      } finally {
+        link.close();
+      }
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Keeps `arriving/<id>/arrival.json` up to date (see ArrivalRecord). */
+  private record({ id, name, source, pid, dir }: Arrival): void {
+    const record: ArrivalRecord = { id, name, source, ...(pid === undefined ? {} : { pid }) };
+    writeRecordFile(join(dir, RECORD_FILE), Buffer.from(JSON.stringify(record)), false);
   }
 
   /** Removes what a migration received and ends what it started. */
@@ -245,7 +370,7 @@ export class Arrivals {
     this.ctx.log(`migration ${arrival.id}: aborted (${reason}); ${arrival.name} removed`);
   }
 
-  /** The source's connection closed: what had not started yet cannot finish. */
+  /** The source's connection closed: what had not started yet cannot finish. A started one is settled later (see `unheard`). */
   peerClosed(peer: object): void {
     for (const arrival of this.arrivals.values()) {
       if (arrival.peer !== peer || arrival.phase === 'started') continue;
@@ -325,8 +450,14 @@ function checkShipment(value: unknown): Shipment {
   }
   const strings = (x: unknown) => Array.isArray(x) && x.every((s) => typeof s === 'string');
   if (!strings(v.argv) || !strings(v.execArgv)) throw new RpcmigError('BAD_REQUEST', 'argv and execArgv must be arrays of strings');
+  if (typeof v.source !== 'string') throw new RpcmigError('BAD_REQUEST', 'prepare needs the source daemon\'s address');
+  try {
+    parseAddress(v.source);
+  } catch (error) {
+    throw new RpcmigError('BAD_REQUEST', `source: ${(error as Error).message}`);
+  }
   return {
-    id: v.id, name: checkName(v.name), manifest, program, byId: v.manifest === undefined, entry, cwd: v.cwd === '' ? '' : relativePath(v.cwd, 'cwd'),
+    id: v.id, name: checkName(v.name), source: v.source, manifest, program, byId: v.manifest === undefined, entry, cwd: v.cwd === '' ? '' : relativePath(v.cwd, 'cwd'),
     argv: v.argv as string[], execArgv: v.execArgv as string[],
   };
 }
@@ -337,6 +468,16 @@ function relativePath(value: unknown, what: string): string {
     throw refuseMigration(`${what} must be a plain path inside the program; got ${JSON.stringify(value)}`);
   }
   return value;
+}
+
+function checkRecord(text: string): ArrivalRecord | undefined {
+  try {
+    const { id, name, source, pid } = JSON.parse(text) as Partial<ArrivalRecord>;
+    if (typeof id !== 'string' || !ID.test(id) || typeof name !== 'string' || typeof source !== 'string') return undefined;
+    return { id, name, source, ...(Number.isSafeInteger(pid) && pid! > 0 ? { pid } : {}) };
+  } catch {
+    return undefined;
+  }
 }
 
 function refuseMigration(message: string): RpcmigError {

@@ -11,11 +11,13 @@ import { RpcmigError, type WireError } from '../runtime/errors.js';
 import { formatAddress, openDaemon, parseAddress, within, type Address } from '../runtime/daemonlink.js';
 import { answerHandshake, DEFAULT_HANDSHAKE_TIMEOUT, REFUSALS } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME, encode, NOTIFICATION, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
-import { Arrivals } from './arrive.js';
+import { ARRIVAL_ENV } from '../runtime/register.js';
+import { Arrivals, type Outcome } from './arrive.js';
+import { end } from './launch.js';
 import { Forwards } from './forwards.js';
 import { Coordinator, type SourceContext } from './migrate.js';
 import { Recovery } from './recover.js';
-import { checkName, checkRegistration, Names, type Listing, type Server } from './names.js';
+import { checkName, checkRegistration, isMoveId, Names, type Listing, type Server } from './names.js';
 import { BlobStore } from './transfer.js';
 
 export interface DaemonOptions {
@@ -136,6 +138,8 @@ class NameDaemon implements Daemon {
     commit: (_peer, [id]) => this.arrivals.commit(id),
     abort: (_peer, [id, reason]) => this.arrivals.abort(id, String(reason)),
     status: (_peer, [id]) => this.arrivals.status(id),
+    // a destination that restarted mid-move asks the source how it ended
+    outcome: (_peer, [id]) => ({ outcome: this.outcome(id) }),
     // a moved server's standby, waiting for its state
     standby: (_peer, [id]) => this.arrivals.standing(id),
   };
@@ -154,7 +158,9 @@ class NameDaemon implements Daemon {
     this.recovery = new Recovery(source);
     const host = parseAddress(this.advertised).host;
     this.arrivals = new Arrivals({
-      spool: options.dir, store, log,
+      spool: options.dir, key: options.key, store, log,
+      confirm: (name, id) => this.confirm(name, id),
+      evict: (name, id) => this.evict(name, id),
       serverEnv: { RPCMIG_DAEMON: this.advertised, RPCMIG_KEY_FILE: keyFileFor(options), RPCMIG_HOST: host },
       serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
     });
@@ -163,8 +169,9 @@ class NameDaemon implements Daemon {
   }
 
   /** What a previous run left under way is read before the first server registers. */
-  init(): Promise<void> {
-    return this.recovery.loadUnresolved();
+  async init(): Promise<void> {
+    await this.recovery.loadUnresolved();
+    await this.arrivals.loadUnsettled();
   }
 
   async close(): Promise<void> {
@@ -251,6 +258,13 @@ class NameDaemon implements Daemon {
       this.options.log(`register ${registration.name} pid ${registration.pid}: stale (epoch ${registration.epoch}; pid ${newer.pid} serves epoch ${newer.epoch ?? 0})`);
       return { name: registration.name, address: registration.address, stale: { to: this.reachable(newer.address), epoch: newer.epoch ?? 0 } };
     }
+    const verdict = registration.arrival === undefined ? undefined : this.arrivals.verdict(registration.arrival);
+    if (verdict === 'abandoned') {
+      // Started here for a move its source rolled back while this daemon was down: the source serves.
+      end(registration.pid, ARRIVAL_ENV, registration.arrival!);
+      this.options.log(`refused register ${registration.name} pid ${registration.pid}: move ${registration.arrival} was rolled back; ended it`);
+      throw new RpcmigError('MIGRATION_FAILED', `move ${registration.arrival} was rolled back; ${registration.name} serves at its source`);
+    }
     let server: Server;
     try {
       server = this.names.register(registration, peer, isAlive);
@@ -268,6 +282,11 @@ class NameDaemon implements Daemon {
       return { name: server.name, address, stale: { to: forward.to, epoch: forward.epoch } };
     }
     this.options.log(`register ${server.name} pid ${server.pid} at ${server.address}${epoch > 0 ? ` (epoch ${epoch})` : ''}`);
+    if (verdict === 'unsettled') {
+      server.state = 'arriving';
+      this.options.log(`${server.name} arrived by move ${registration.arrival}, which is not settled yet: held until its source says`);
+      return { name: server.name, address };
+    }
     if (registration.moved !== undefined) {
       // In its grace period after a move this daemon committed before it stopped.
       server.state = 'moved';
@@ -289,7 +308,7 @@ class NameDaemon implements Daemon {
    * away — wherever the daemon it moved to says, at most MAX_HOPS daemons on.
    */
   private async lookup(name: string, hops: number): Promise<{ name: string; address: string }> {
-    const server = this.names.all().find((s) => s.name === name && s.state !== 'moved');
+    const server = this.names.all().find((s) => s.name === name && s.state !== 'moved' && s.state !== 'arriving');
     if (server) return { name, address: this.reachable(server.address) };
     const forward = this.forwards.get(name);
     if (!forward) return { name, address: this.reachable(this.names.lookup(name).address) };
@@ -304,6 +323,29 @@ class NameDaemon implements Daemon {
     } catch {
       return { name, address: forward.to };
     }
+  }
+
+  /** How the move `id` ended, for its destination: known to the coordinator, the recovery, or the forwarding entries. */
+  private outcome(id: unknown): Outcome {
+    if (!isMoveId(id)) throw new RpcmigError('BAD_REQUEST', 'outcome takes a move id of 16 hex digits');
+    const here = this.coordinator.outcome(id);
+    if (here) return here;
+    if (this.recovery.pending(id)) return 'pending';
+    return this.forwards.made(id) ? 'committed' : 'aborted';
+  }
+
+  private confirm(name: string, id: string): void {
+    const server = this.names.all().find((s) => s.name === name && s.arrival === id && s.state === 'arriving');
+    if (!server) return;
+    server.state = 'serving';
+    this.forwards.delete(name);
+  }
+
+  private evict(name: string, id: string): void {
+    const server = this.names.all().find((s) => s.name === name && s.arrival === id);
+    if (!server) return;
+    this.unregister(server, `move ${id} was rolled back`);
+    end(server.pid, ARRIVAL_ENV, id);
   }
 
   private notify(server: Server, method: string, params: unknown[]): void {

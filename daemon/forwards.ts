@@ -23,6 +23,11 @@ export class Forwards {
     return [...this.entries.values()];
   }
 
+  /** True when a move with this id made an entry kept here. */
+  made(id: string): boolean {
+    return this.list().some((entry) => entry.id === id);
+  }
+
   /** Records the entry durably before it returns. */
   set(entry: Forward): void {
     this.entries.set(entry.name, entry);
@@ -60,7 +65,7 @@ function read(file: string, log: (line: string) => void): Forward[] {
     const { forwards } = JSON.parse(text) as { forwards: Forward[] };
     return forwards
       .filter((f) => typeof f.name === 'string' && typeof f.to === 'string' && typeof f.daemon === 'string')
-      .map((f) => ({ ...f, epoch: Number.isSafeInteger(f.epoch) ? f.epoch : 0 }));
+      .map((f) => ({ ...f, epoch: Number.isSafeInteger(f.epoch) ? f.epoch : 0, id: typeof f.id === 'string' ? f.id : undefined }));
   } catch (error) {
     log(`ignored ${file}: not a forwards file (${(error as Error).message})`);
     return [];

@@ -52,3 +52,24 @@ export function tail(log: string, lines = 8): string {
     return '';
   }
 }
+
+/**
+ * Ends a process this daemon started, found again by pid after a restart: only if its
+ * environment still names `name=value`, so that a pid reused by another process is never hit.
+ * True when it was ended.
+ */
+export function end(pid: number, name: string, value: string): boolean {
+  let environ: string;
+  try {
+    environ = readFileSync(`/proc/${pid}/environ`, 'latin1');
+  } catch {
+    return false;
+  }
+  if (!environ.split('\0').includes(`${name}=${value}`)) return false;
+  try {
+    process.kill(pid, 'SIGKILL');
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -3,7 +3,7 @@
 // one place. The program is shipped before the signal, so the server pauses only for its
 // state. Until the old server is told to commit nothing is final: any failure rolls back.
 import { randomBytes } from 'node:crypto';
-import { mkdir, realpath, rm } from 'node:fs/promises';
+import { mkdir, realpath, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { connect, invoke } from '../runtime/client.js';
 import { openDaemon, parseAddress, within, type DaemonLink } from '../runtime/daemonlink.js';
@@ -76,6 +76,8 @@ interface Move {
   received: number;
   orderTaken?: number;
   snapshot: Deferred<SnapshotReport>;
+  /** The server's control connection closed mid-move (it exited or crashed). */
+  gone?: boolean;
   figures: Breakdown;
   progress: Meter;
 }
@@ -110,8 +112,13 @@ class Meter {
   }
 }
 
+/** How many committed move ids are remembered, for destinations asking how a move ended. */
+const COMMITTED_KEPT = 1024;
+
 export class Coordinator {
   private readonly moves = new Map<Server, Move>();
+  /** Moves this daemon committed, newest last (the forwarding entries keep them across restarts). */
+  private readonly committed = new Set<string>();
 
   constructor(private readonly ctx: SourceContext) {}
 
@@ -139,6 +146,12 @@ export class Coordinator {
     }
   }
 
+  /** How the move `id` stands here: under way, or committed by this daemon process. */
+  outcome(id: string): 'pending' | 'committed' | undefined {
+    if (this.committed.has(id)) return 'committed';
+    return [...this.moves.values()].some((move) => move.id === id) ? 'pending' : undefined;
+  }
+
   /** The `order` method: a signalled server asks what for. */
   orderFor(server: Server | undefined): Order | null {
     const move = server && this.moves.get(server);
@@ -159,7 +172,10 @@ export class Coordinator {
 
   /** The server's control connection closed mid-move. */
   serverGone(server: Server): void {
-    this.moves.get(server)?.snapshot.reject(new Error(`the server (pid ${server.pid}) went away`));
+    const move = this.moves.get(server);
+    if (!move) return;
+    move.gone = true;
+    move.snapshot.reject(new Error(`the server (pid ${server.pid}) went away`));
   }
 
   private order(request: MigrateRequest, report: (progress: Progress) => void): Move {
@@ -202,7 +218,7 @@ export class Coordinator {
     const entry = relative(root, await realpath(server.entry));
     const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
     const shipment = {
-      id: move.id, name: server.name, program: manifestId(manifest), entry, argv: server.argv, execArgv: server.execArgv ?? [],
+      id: move.id, name: server.name, source: this.ctx.advertised, program: manifestId(manifest), entry, argv: server.argv, execArgv: server.execArgv ?? [],
       cwd: cwd.startsWith('..') ? '' : cwd,
     };
     const started = performance.now();
@@ -234,10 +250,23 @@ export class Coordinator {
     process.kill(move.server.pid, 'SIGUSR2');
     const report = await within(QUIESCE_TIMEOUT_MS, move.snapshot.promise, () => new Error(move.step === 'signal'
       ? `the server (pid ${move.server.pid}) did not take the order within ${QUIESCE_TIMEOUT_MS} ms`
-      : `the server did not finish its calls and snapshot within ${QUIESCE_TIMEOUT_MS} ms`));
+      : `the server did not finish its calls and snapshot within ${QUIESCE_TIMEOUT_MS} ms`)).catch((error: Error) => this.orphanedSnapshot(move, error));
     move.figures.quiesce_ms = report.quiesce_ms ?? 0;
     move.figures.snapshot_ms = report.snapshot_ms ?? 0;
     move.figures.state_bytes = report.bytes ?? 0;
+  }
+
+  /**
+   * The server went away before it reported its snapshot. The snapshot is renamed into place
+   * only once whole, after the server quiesced: if it is there, it holds every call the server
+   * ran, and the move goes on with it — the state survives its process. If not, the state
+   * died with the process and the move fails.
+   */
+  private async orphanedSnapshot(move: Move, error: Error): Promise<SnapshotReport> {
+    const bytes = move.gone ? await stat(move.statePath).then((st) => st.size, () => undefined) : undefined;
+    if (bytes === undefined) throw error;
+    this.ctx.log(`migration ${move.id}: ${move.server.name} (pid ${move.server.pid}) went away after writing its snapshot; moving the snapshot`);
+    return { id: move.id, bytes };
   }
 
   /** Step 5a: the state file to the destination. */
@@ -274,9 +303,11 @@ export class Coordinator {
     server.state = 'moved';
     this.ctx.notify(server, 'commit', [{ id: move.id, to: address, grace_ms: move.graceMs }]);
     move.over = true;
+    this.committed.add(move.id);
+    if (this.committed.size > COMMITTED_KEPT) this.committed.delete(this.committed.values().next().value!);
     await failpoint('commit.after', this.ctx.log);
     try {
-      this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to, epoch });
+      this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to, epoch, id: move.id });
     } catch (error) {
       this.ctx.log(`migration ${move.id}: ${server.name} moved, but its forwarding entry was not saved: ${(error as Error).message}`);
     }

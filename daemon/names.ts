@@ -4,8 +4,12 @@
 import { RpcmigError } from '../runtime/errors.js';
 import { formatAddress, parseAddress } from '../runtime/daemonlink.js';
 
-/** `migrating` from the signal to commit or abort; `moved` during the grace period after. */
-export type ServerState = 'serving' | 'migrating' | 'moved';
+/**
+ * `migrating` from the signal to commit or abort; `moved` during the grace period after;
+ * `arriving` for a moved server registering with a daemon that restarted before it heard how
+ * the move ended: it is not looked up, nor moved on, until the source says.
+ */
+export type ServerState = 'serving' | 'migrating' | 'moved' | 'arriving';
 
 /** What a server tells its daemon when it registers. */
 export interface Registration {
@@ -26,6 +30,8 @@ export interface Registration {
   migration?: string;
   /** Set by a server registering again in its grace period after a move. */
   moved?: { to: string; epoch: number };
+  /** The move that started this process (set by the destination daemon that started it). */
+  arrival?: string;
 }
 
 export interface Server extends Registration {
@@ -42,6 +48,8 @@ export interface Forward {
   daemon: string;
   /** The moved server's epoch: a server restored from an older snapshot is stale. */
   epoch: number;
+  /** The move that made this entry: a destination that restarted asks whether it was committed. */
+  id?: string;
 }
 
 export interface Listing {
@@ -68,7 +76,7 @@ export function checkRegistration(value: unknown): Registration {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw badRequest('register takes one map: { name, pid, address, entry, argv, root }');
   }
-  const { name, pid, address, entry, argv, root, cwd, execArgv, epoch, migration, moved } = value as Record<string, unknown>;
+  const { name, pid, address, entry, argv, root, cwd, execArgv, epoch, migration, moved, arrival } = value as Record<string, unknown>;
   if (!Number.isSafeInteger(pid) || (pid as number) <= 0) throw badRequest(`pid must be a positive integer; got ${JSON.stringify(pid)}`);
   if (typeof address !== 'string') throw badRequest('address must be a "host:port" string');
   let where;
@@ -83,10 +91,12 @@ export function checkRegistration(value: unknown): Registration {
   if (cwd !== undefined && typeof cwd !== 'string') throw badRequest('cwd must be a string');
   if (execArgv !== undefined && !isStrings(execArgv)) throw badRequest('execArgv must be an array of strings');
   if (epoch !== undefined && (!Number.isSafeInteger(epoch) || (epoch as number) < 0)) throw badRequest('epoch must be an integer >= 0');
-  if (migration !== undefined && (typeof migration !== 'string' || !/^[0-9a-f]{16}$/.test(migration))) throw badRequest('migration must be a move id of 16 hex digits');
+  if (migration !== undefined && !isMoveId(migration)) throw badRequest('migration must be a move id of 16 hex digits');
+  if (arrival !== undefined && !isMoveId(arrival)) throw badRequest('arrival must be a move id of 16 hex digits');
   return {
     name: checkName(name), pid: pid as number, address: formatAddress(where), entry, argv, root, cwd, execArgv,
     epoch: epoch as number | undefined, migration: migration as string | undefined, moved: checkMoved(moved),
+    arrival: arrival as string | undefined,
   };
 }
 
@@ -95,6 +105,10 @@ function checkMoved(value: unknown): { to: string; epoch: number } | undefined {
   const { to, epoch } = (value ?? {}) as Record<string, unknown>;
   if (typeof to !== 'string' || !Number.isSafeInteger(epoch)) throw badRequest('moved must be { to: "host:port", epoch }');
   return { to, epoch: epoch as number };
+}
+
+export function isMoveId(value: unknown): value is string {
+  return typeof value === 'string' && /^[0-9a-f]{16}$/.test(value);
 }
 
 function isStrings(value: unknown): value is string[] {

@@ -32,6 +32,11 @@ export class Recovery {
   /** Moves a previous run of this daemon left under way (it stopped before they ended). */
   private readonly unresolved = new Map<string, OrderRecord>();
 
+  /** True while a move a previous run began is not settled yet. */
+  pending(id: string): boolean {
+    return this.unresolved.has(id);
+  }
+
   /** Reads what a daemon that stopped mid-move left in `leaving/`; removes what holds no order. */
   async loadUnresolved(): Promise<void> {
     const leaving = join(this.ctx.spool, 'leaving');
@@ -65,7 +70,7 @@ export class Recovery {
       if (status.phase === 'started' && typeof status.address === 'string') {
         server.state = 'moved';
         this.ctx.notify(server, 'commit', [{ id, to: status.address, grace_ms: order.graceMs }]);
-        this.ctx.forwards.set({ name: server.name, to: status.address, daemon: order.to, epoch: status.epoch ?? 0 });
+        this.ctx.forwards.set({ name: server.name, to: status.address, daemon: order.to, epoch: status.epoch ?? 0, id });
         this.ctx.log(`migration ${id}: ${server.name} serves at ${status.address}: committed after a restart`);
       } else {
         server.state = 'serving';
@@ -86,10 +91,12 @@ export class Recovery {
   settleMoved(server: Server, moved: { to: string; epoch: number }): void {
     const order = [...this.unresolved.values()].find((o) => o.name === server.name);
     if (!order) return;
-    this.ctx.forwards.set({ name: server.name, to: moved.to, daemon: order.to, epoch: moved.epoch });
+    this.ctx.forwards.set({ name: server.name, to: moved.to, daemon: order.to, epoch: moved.epoch, id: order.id });
     this.unresolved.delete(order.id);
     rm(join(this.ctx.spool, 'leaving', order.id), { recursive: true, force: true }).catch(() => undefined);
     this.ctx.log(`migration ${order.id}: ${server.name} had moved to ${moved.to}; its forwarding entry is written after a restart`);
+    // The destination may still wait for the commit this daemon did not send before it stopped.
+    void this.statusAt(order);
   }
 
   /** What the destination knows of a move; undefined when it cannot be asked now. */

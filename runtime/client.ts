@@ -55,6 +55,9 @@ const MAX_HOPS = 8;
 const MAX_RESENDS = 64;
 const FIRST_RETRY_MS = 5;
 const LAST_RETRY_MS = 250;
+/** A client that lost its server asks where it is again this often, and at most this many times. */
+const RELOCATE_MS = 1000;
+const MAX_RELOCATES = 1000;
 /** How often (in calls) a client acknowledges the outcomes it has, so the server may drop them. */
 const ACK_EVERY = 256;
 const MAX_SEQ = 0xffffffff;
@@ -214,11 +217,28 @@ class Follower {
   private reconnect(deadline = Date.now() + this.timeout, patient = false): Promise<Channel> {
     if (this.moving) return this.moving.next;
     const until = patient ? deadline : Math.min(deadline, Date.now() + LAST_RETRY_MS);
-    const next = this.locate().then((address) => this.open(address, until)).then((channel) => this.switchTo(channel));
+    const next = this.findAgain(until).then((channel) => this.switchTo(channel));
     const where = this.channel.address;
     this.moving = { to: where, next };
     next.catch(() => undefined).finally(() => this.moving?.next === next && (this.moving = undefined));
     return next;
+  }
+
+  /**
+   * Asks where the server is and connects there. While nothing answers, asks again every
+   * RELOCATE_MS: the server may have moved meanwhile, or its daemon may not know it yet (the
+   * paper's client "retrying until it was up").
+   */
+  private async findAgain(until: number): Promise<Channel> {
+    for (let round = 0; ; round++) {
+      try {
+        return await this.open(await this.locate(), Math.min(until, Date.now() + RELOCATE_MS));
+      } catch (error) {
+        const wait = Math.min(LAST_RETRY_MS, FIRST_RETRY_MS << Math.min(round, 10));
+        if (Date.now() + wait >= until || round >= MAX_RELOCATES) throw error;
+        await new Promise((resolve) => setTimeout(resolve, wait));
+      }
+    }
   }
 
   private switchTo(channel: Channel): Channel {

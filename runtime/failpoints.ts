@@ -1,6 +1,9 @@
 // Failpoints: named places in the migration protocol where a test makes a fault happen, as
 // etcd's gofail and CRIU's CRIU_FAULT do. Inert unless RPCMIG_FAILPOINTS names them, e.g.
-// RPCMIG_FAILPOINTS=commit.before=crash,copy.after=hang. Every name is listed here.
+// RPCMIG_FAILPOINTS=commit.before=crash,copy.after=stop. Every name is listed here. Servers a
+// daemon starts inherit its environment, so one variable reaches the moved server too.
+// Actions: crash (SIGKILL), hang (the step never ends; the process runs on), stop (SIGSTOP:
+// the whole process freezes, sockets open, until a SIGCONT), error (the step fails).
 export const FAILPOINTS = [
   'prepare.after', // source daemon: the program is at the destination, the server not yet signalled
   'signal.after', // source daemon: the server was signalled
@@ -8,11 +11,16 @@ export const FAILPOINTS = [
   'start.after', // source daemon: the destination serves, the source has not committed
   'commit.before', // source daemon: about to tell its server the move is final
   'commit.after', // source daemon: its server was told; the forwarding entry is not yet written
+  'snapshot.after', // source server: its snapshot is written, not yet reported
+  'arrive.copy.after', // destination daemon: the state file is whole, the server not yet started
+  'restore.after', // destination server: its state is restored, it has not registered
+  'arrive.start.after', // destination daemon: the moved server registered, the source not yet told
+  'arrive.commit.before', // destination daemon: the source's commit came, not yet recorded
 ] as const;
 
 export type Failpoint = (typeof FAILPOINTS)[number];
-export type FaultAction = 'crash' | 'hang' | 'error';
-const ACTIONS: readonly string[] = ['crash', 'hang', 'error'];
+export type FaultAction = 'crash' | 'hang' | 'stop' | 'error';
+const ACTIONS: readonly string[] = ['crash', 'hang', 'stop', 'error'];
 
 /** Parses RPCMIG_FAILPOINTS; an unknown name or action is an error, so a typo never goes unnoticed. */
 export function parseFailpoints(text = ''): Map<Failpoint, FaultAction> {
@@ -20,7 +28,7 @@ export function parseFailpoints(text = ''): Map<Failpoint, FaultAction> {
   for (const item of text.split(',').map((part) => part.trim()).filter(Boolean)) {
     const [name, action] = item.split('=');
     if (!(FAILPOINTS as readonly string[]).includes(name) || !ACTIONS.includes(action)) {
-      throw new Error(`RPCMIG_FAILPOINTS: ${JSON.stringify(item)} is not NAME=crash|hang|error with NAME one of ${FAILPOINTS.join(', ')}`);
+      throw new Error(`RPCMIG_FAILPOINTS: ${JSON.stringify(item)} is not NAME=crash|hang|stop|error with NAME one of ${FAILPOINTS.join(', ')}`);
     }
     active.set(name as Failpoint, action as FaultAction);
   }
@@ -29,12 +37,18 @@ export function parseFailpoints(text = ''): Map<Failpoint, FaultAction> {
 
 const active = parseFailpoints(process.env.RPCMIG_FAILPOINTS);
 
-/** Does nothing unless `name` is active: then the process dies, hangs, or the step fails. */
+/** Does nothing unless `name` is active: then the process dies, freezes, hangs, or the step fails. */
 export async function failpoint(name: Failpoint, log: (line: string) => void): Promise<void> {
   const action = active.get(name);
   if (action === undefined) return;
   log(`failpoint ${name}: ${action}`);
   if (action === 'crash') process.kill(process.pid, 'SIGKILL');
-  if (action !== 'error') await new Promise(() => undefined);
+  if (action === 'stop') {
+    // Once: a process continued after a freeze goes on as the frozen host would.
+    active.delete(name);
+    process.kill(process.pid, 'SIGSTOP');
+    return;
+  }
+  if (action === 'hang') await new Promise(() => undefined);
   throw new Error(`failpoint ${name}`);
 }

@@ -5,6 +5,7 @@
 import type { DaemonLink } from './daemonlink.js';
 import type { Registration } from './register.js';
 import type { WireError } from './errors.js';
+import { failpoint } from './failpoints.js';
 import { captureStateParts } from './state.js';
 import { writeStateFile } from './statefile.js';
 
@@ -169,6 +170,7 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   } catch (error) {
     report = { id: order.id, error: `the snapshot failed: ${(error as Error).message}` };
   }
+  await failpoint('snapshot.after', log);
   await link.call('snapshot', [report]).catch((error: Error) => log(`could not report the snapshot: ${error.message}`));
 }
 

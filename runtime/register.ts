@@ -15,12 +15,18 @@ export interface Registration {
   close(): void;
 }
 
+/** Set by a daemon on the process it starts for a move: the move's id. */
+export const ARRIVAL_ENV = 'RPCMIG_ARRIVAL';
+
 /** What the daemon records to start this program again elsewhere (the migration issue). */
 function programRecord(name: string, address: string, epoch: number): Record<string, unknown> {
   const entry = process.argv[1] ? resolve(process.argv[1]) : '';
+  const arrival = process.env[ARRIVAL_ENV];
   return {
     name, pid: process.pid, address, entry, argv: process.argv.slice(2), root: packageRoot(entry),
     cwd: process.cwd(), execArgv: process.execArgv, epoch,
+    // The move that started this process: a daemon that restarted before it settled that move asks its source.
+    ...(arrival ? { arrival } : {}),
   };
 }
 

@@ -6,7 +6,8 @@ import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, complete, CompletionRecords, HELLO, type Completion, type SavedRecords } from './records.js';
-import { INTERNAL_PREFIX, registerInternal, restoreInternal, unregisterInternal } from './state.js';
+import { failpoint } from './failpoints.js';
+import { INTERNAL_PREFIX, registerInternal, RESTORE_ENV, restoreInternal, unregisterInternal } from './state.js';
 import { register, type MigrationReport, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
@@ -310,6 +311,8 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   const bound = net.address() as AddressInfo;
   server.address = formatAddress({ host, port: bound.port });
   net.on('error', (error) => process.stderr.write(`rpcmig: ${name}: ${error.message}\n`));
+  const log = (line: string) => process.stderr.write(`rpcmig: ${name}: ${line}\n`);
+  if (process.env[RESTORE_ENV]) await failpoint('restore.after', log);
   const daemon = options.daemon ?? process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111';
   // Told to a daemon it registers with again: the move it holds its calls for, or the one it made.
   const report = (): MigrationReport => {
@@ -318,7 +321,6 @@ export async function serve<T extends object>(name: string, procedures: T, optio
     return phase.name === 'moved' ? { moved: { to: phase.to, epoch: phase.epoch } } : {};
   };
   if (daemon !== false) server.registration = await register(name, server.address, server.epoch, daemon, options.keyFile, report);
-  const log = (line: string) => process.stderr.write(`rpcmig: ${name}: ${line}\n`);
   closeInspectorSignal(log);
   const stale = server.registration?.stale;
   if (stale) {

@@ -203,7 +203,7 @@ test('the second move of the same program to a host sends no program bytes', asy
   assert.match(b.stderr(), new RegExp(`receiving ${name} \\(program [0-9a-f]{12}, in place\\)`), 'the manifest did not travel either');
   const link = await openDaemon(b.address, loadKey(cluster.key.file));
   try {
-    const shipment = { id: '0123456789abcdef', name: 'nobody', entry: 'server.js', argv: [], execArgv: [], cwd: '' };
+    const shipment = { id: '0123456789abcdef', name: 'nobody', source: a.address, entry: 'server.js', argv: [], execArgv: [], cwd: '' };
     assert.equal(await link.call('prepare', [{ ...shipment, program: '0'.repeat(64) }]), { known: false, lacking: [] });
     const bad = await link.call('prepare', [{ ...shipment, program: '../x' }]).catch((error: RpcmigError) => error);
     assert.is((bad as RpcmigError).code, 'BAD_REQUEST');

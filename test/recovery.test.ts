@@ -9,8 +9,8 @@ import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import { parseFailpoints, type Failpoint } from '../runtime/failpoints.js';
 import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
-import { CLI, cleanEnv, type DaemonProcess } from './helpers/daemon.js';
-import { isAlive, start, stop, waitFor, type Started } from './helpers/process.js';
+import type { DaemonProcess } from './helpers/daemon.js';
+import { isAlive, stop, waitFor, type Started } from './helpers/process.js';
 
 interface Counter {
   incr(by?: number): number;
@@ -29,20 +29,6 @@ test.after(async () => {
   await cluster.close();
 });
 
-const READY = /^rpcmig daemon listening on (\S+:\d+) /m;
-
-/** A source daemon on a port of its own, started again on the same port and spool by `restart`. */
-async function sourceDaemon(label: string, failpoints: string): Promise<{ daemon: DaemonProcess; restart(): Promise<DaemonProcess> }> {
-  const spool = join(cluster.dir, label);
-  const args = (listen: string) => [CLI, 'daemon', '--listen', listen, '--dir', spool, '--key-file', cluster.key.file];
-  const first = await start(process.execPath, args('127.0.0.1:0'), { env: cleanEnv({ RPCMIG_FAILPOINTS: failpoints }), ready: READY });
-  const address = first.ready[0];
-  return {
-    daemon: { ...first, address },
-    restart: async () => ({ ...(await start(process.execPath, args(address), { env: cleanEnv(), ready: READY })), address }),
-  };
-}
-
 async function counterOn(daemon: DaemonProcess, name: string): Promise<{ started: Started; client: Client<Counter> }> {
   const started = await cluster.server(COUNTER, daemon, ['--name', name]);
   const [host, port] = started.ready[0].split(':');
@@ -53,7 +39,7 @@ async function counterOn(daemon: DaemonProcess, name: string): Promise<{ started
 
 test('failpoint names are checked: a typo is an error, not a fault that never fires', () => {
   assert.equal([...parseFailpoints('copy.after=crash, commit.before=hang')], [['copy.after', 'crash'], ['commit.before', 'hang']]);
-  assert.throws(() => parseFailpoints('copy.aftr=crash'), /"copy.aftr=crash" is not NAME=crash\|hang\|error/);
+  assert.throws(() => parseFailpoints('copy.aftr=crash'), /"copy.aftr=crash" is not NAME=crash\|hang\|stop\|error/);
   assert.throws(() => parseFailpoints('copy.after=explode'), /not NAME=crash/);
 });
 
@@ -74,7 +60,7 @@ const MATRIX: Array<[Failpoint, 'source' | 'destination']> = [
 for (const [point, owner] of MATRIX) {
   test(`the source daemon crashes at ${point}: started again, the ${owner} serves, every call counted once, and a retry succeeds`, async () => {
     const label = `crash-${point.replace('.', '-')}`;
-    const source = await sourceDaemon(label, `${point}=crash`);
+    const source = await cluster.restartable(label, { RPCMIG_FAILPOINTS: `${point}=crash` });
     const { started, client } = await counterOn(source.daemon, label);
     await client.incr(5);
     const moving = await cluster.migrate(label, source.daemon, b);
@@ -94,7 +80,7 @@ for (const [point, owner] of MATRIX) {
       if (owner === 'destination') assert.equal((await cluster.ls(again)).forwards.find((f) => f.name === label)?.to, there!.address);
       const arriving = join(cluster.dir, `host${cluster.daemons.indexOf(b)}`, 'spool', 'arriving');
       assert.ok(await waitFor(() => !existsSync(arriving) || readdirSync(arriving).length === 0, 5000), 'the destination keeps nothing of a move that did not happen');
-      const leaving = join(cluster.dir, label, 'leaving');
+      const leaving = join(source.spool, 'leaving');
       assert.ok(await waitFor(() => !existsSync(leaving) || readdirSync(leaving).length === 0, 5000), 'the source settled what it left under way');
       const [from, to] = owner === 'source' ? [again, b] : [b, again];
       breakdown(await cluster.migrate(label, from, to, ['--grace', '0.2']));

@@ -15,6 +15,12 @@ export interface Listing {
   forwards: Array<{ name: string; to: string }>;
 }
 
+export interface Restartable {
+  daemon: DaemonProcess;
+  spool: string;
+  restart(env?: NodeJS.ProcessEnv): Promise<DaemonProcess>;
+}
+
 export class Cluster {
   readonly dir = tempDir();
   readonly key = writeKey(this.dir);
@@ -27,6 +33,25 @@ export class Cluster {
     const daemon = await startDaemonProcess(this.key.file, join(this.dir, `host${this.daemons.length}`), env);
     this.daemons.push(daemon);
     return daemon;
+  }
+
+  /**
+   * A daemon that `restart` starts again on the same port and spool, as after a crash; `env`
+   * (failpoints, time-outs) applies to the first run, `restart`'s own to the next.
+   */
+  async restartable(label: string, env: NodeJS.ProcessEnv = {}): Promise<Restartable> {
+    const home = join(this.dir, label);
+    const first = await startDaemonProcess(this.key.file, home, env);
+    this.daemons.push(first);
+    return {
+      daemon: first,
+      spool: join(home, 'spool'),
+      restart: async (again: NodeJS.ProcessEnv = {}) => {
+        const next = await startDaemonProcess(this.key.file, home, again, first.address);
+        this.daemons.push(next);
+        return next;
+      },
+    };
   }
 
   /** Starts `node script ...args` registered with `daemon`; resolves once it listens. */

@@ -28,7 +28,7 @@ const VALID: unknown[] = [
   [0, 2, 'get', []],
   [2, 'rpcmig.hello', ['fuzzclient0001', 0]],
   [0, 3, 'register', [{ name: 'fuzz', pid: 1, address: '127.0.0.1:9', entry: '/x', argv: [], root: '/' }]],
-  [0, 4, 'prepare', [{ id: '0123456789abcdef', name: 'fuzz', entry: 'a.js', argv: [], execArgv: [], cwd: '', manifest: { entries: [{ path: 'a.js', size: 1, mode: 420, hash: 'a'.repeat(64) }] } }]],
+  [0, 4, 'prepare', [{ id: '0123456789abcdef', name: 'fuzz', source: '127.0.0.1:1', entry: 'a.js', argv: [], execArgv: [], cwd: '', manifest: { entries: [{ path: 'a.js', size: 1, mode: 420, hash: 'a'.repeat(64) }] } }]],
   [0, 5, 'lookup', ['fuzz']],
 ];
 /** Headers that announce far more than follows: str32, bin32, array32, map32, ext32. */
