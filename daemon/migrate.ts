@@ -275,6 +275,9 @@ export class Coordinator {
     const started = performance.now();
     move.progress.begin('copy', move.figures.state_bytes);
     await sendFile(move.statePath, async (offset, bytes, final) => {
+      const fault = await failpoint('copy.send', this.ctx.log);
+      if (fault === 'drop') move.link!.close();
+      if (fault === 'corrupt') bytes[bytes.length >> 1] ^= 0xff;
       await this.call(move, 'state', [move.id, offset, bytes, final]);
       move.progress.add(bytes.length);
     });

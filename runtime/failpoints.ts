@@ -3,10 +3,12 @@
 // RPCMIG_FAILPOINTS=commit.before=crash,copy.after=stop. Every name is listed here. Servers a
 // daemon starts inherit its environment, so one variable reaches the moved server too.
 // Actions: crash (SIGKILL), hang (the step never ends; the process runs on), stop (SIGSTOP:
-// the whole process freezes, sockets open, until a SIGCONT), error (the step fails).
+// the whole process freezes, sockets open, until a SIGCONT), error (the step fails); and where
+// bytes leave a process, drop (the connection is closed) and corrupt (a byte is flipped).
 export const FAILPOINTS = [
   'prepare.after', // source daemon: the program is at the destination, the server not yet signalled
   'signal.after', // source daemon: the server was signalled
+  'copy.send', // source daemon: a piece of the state file is about to leave (also drop, corrupt)
   'copy.after', // source daemon: the state file is at the destination
   'start.after', // source daemon: the destination serves, the source has not committed
   'commit.before', // source daemon: about to tell its server the move is final
@@ -19,8 +21,10 @@ export const FAILPOINTS = [
 ] as const;
 
 export type Failpoint = (typeof FAILPOINTS)[number];
-export type FaultAction = 'crash' | 'hang' | 'stop' | 'error';
-const ACTIONS: readonly string[] = ['crash', 'hang', 'stop', 'error'];
+export type FaultAction = 'crash' | 'hang' | 'stop' | 'error' | 'drop' | 'corrupt';
+const ACTIONS: readonly string[] = ['crash', 'hang', 'stop', 'error', 'drop', 'corrupt'];
+/** Where bytes leave a process: only these take drop and corrupt, which their caller applies. */
+const WIRE_POINTS: readonly string[] = ['copy.send'];
 
 /** Parses RPCMIG_FAILPOINTS; an unknown name or action is an error, so a typo never goes unnoticed. */
 export function parseFailpoints(text = ''): Map<Failpoint, FaultAction> {
@@ -28,7 +32,10 @@ export function parseFailpoints(text = ''): Map<Failpoint, FaultAction> {
   for (const item of text.split(',').map((part) => part.trim()).filter(Boolean)) {
     const [name, action] = item.split('=');
     if (!(FAILPOINTS as readonly string[]).includes(name) || !ACTIONS.includes(action)) {
-      throw new Error(`RPCMIG_FAILPOINTS: ${JSON.stringify(item)} is not NAME=crash|hang|stop|error with NAME one of ${FAILPOINTS.join(', ')}`);
+      throw new Error(`RPCMIG_FAILPOINTS: ${JSON.stringify(item)} is not NAME=crash|hang|stop|error|drop|corrupt with NAME one of ${FAILPOINTS.join(', ')}`);
+    }
+    if ((action === 'drop' || action === 'corrupt') && !WIRE_POINTS.includes(name)) {
+      throw new Error(`RPCMIG_FAILPOINTS: ${action} applies where bytes are sent: ${WIRE_POINTS.join(', ')}; not ${name}`);
     }
     active.set(name as Failpoint, action as FaultAction);
   }
@@ -37,17 +44,24 @@ export function parseFailpoints(text = ''): Map<Failpoint, FaultAction> {
 
 const active = parseFailpoints(process.env.RPCMIG_FAILPOINTS);
 
-/** Does nothing unless `name` is active: then the process dies, freezes, hangs, or the step fails. */
-export async function failpoint(name: Failpoint, log: (line: string) => void): Promise<void> {
+/**
+ * Does nothing unless `name` is active: then the process dies, freezes, hangs, or the step
+ * fails; or, once, it returns drop or corrupt for the caller to do to the bytes it sends.
+ */
+export async function failpoint(name: Failpoint, log: (line: string) => void): Promise<'drop' | 'corrupt' | undefined> {
   const action = active.get(name);
-  if (action === undefined) return;
+  if (action === undefined) return undefined;
   log(`failpoint ${name}: ${action}`);
+  if (action === 'drop' || action === 'corrupt') {
+    active.delete(name);
+    return action;
+  }
   if (action === 'crash') process.kill(process.pid, 'SIGKILL');
   if (action === 'stop') {
     // Once: a process continued after a freeze goes on as the frozen host would.
     active.delete(name);
     process.kill(process.pid, 'SIGSTOP');
-    return;
+    return undefined;
   }
   if (action === 'hang') await new Promise(() => undefined);
   throw new Error(`failpoint ${name}`);

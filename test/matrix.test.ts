@@ -26,7 +26,7 @@ type Party = 'source daemon' | 'source server' | 'destination daemon' | 'destina
 interface Cell {
   party: Party;
   point: Failpoint;
-  action: 'crash' | 'stop';
+  action: 'crash' | 'stop' | 'drop' | 'corrupt';
   /** Who serves once things settle. */
   owner: 'source' | 'destination';
   /** What `rpcmig migrate` says: exit 0, or exit 9 with this message. */
@@ -45,6 +45,10 @@ const TIMEOUTS = {
 const CELLS: Cell[] = [
   // Frozen after the copy and continued: the move finishes late, nothing is lost.
   { party: 'source daemon', point: 'copy.after', action: 'stop', owner: 'destination', cli: 0 },
+  // The connection to the destination drops mid-copy: rolled back.
+  { party: 'source daemon', point: 'copy.send', action: 'drop', owner: 'source', cli: /copy failed: / },
+  // A byte of the state flipped on the way: the restore's checksum refuses it, and the move rolls back.
+  { party: 'source daemon', point: 'copy.send', action: 'corrupt', owner: 'source', cli: /start failed: the server exited with code 1 before it served; its log ends:[^]*state file/ },
   // The snapshot is whole on disk: the state outlives its process and moves on.
   { party: 'source server', point: 'snapshot.after', action: 'crash', owner: 'destination', cli: 0, log: ['source', /went away after writing its snapshot; moving the snapshot/] },
   // Frozen before it reports: the quiesce times out, and the continued server serves on.
@@ -128,7 +132,8 @@ function checkCli(result: CliResult, expected: Cell['cli']): void {
 
 CELLS.forEach((cell, index) => {
   const { party, point, action, owner } = cell;
-  test(`${party} ${action === 'crash' ? 'crashes' : 'freezes'} at ${point}: the ${owner} serves, every call counted once`, async () => {
+  const does = { crash: 'crashes', stop: 'freezes', drop: 'drops its connection', corrupt: 'corrupts a piece' }[action];
+  test(`${party} ${does} at ${point}: the ${owner} serves, every call counted once`, async () => {
     const name = `cell${index}`;
     const fault = { RPCMIG_FAILPOINTS: `${point}=${action}` };
     const src: Restartable = await cluster.restartable(`a${index}`, { ...TIMEOUTS, ...(party === 'source daemon' ? fault : {}) });
