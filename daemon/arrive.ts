@@ -85,12 +85,14 @@ interface Arrival extends Shipment {
   pid?: number;
   /** Where the started server serves, once it does. */
   arrived?: Arrived;
-  /** The process started ahead of the state, and the hand-over it waits for. */
-  standby?: { launched: Launched; log: string; called: Deferred<void>; handOver: Deferred<string> };
+  /** The process started ahead of the state: ready once it called `standby`, at its gate once the program waits for its state. */
+  standby?: { launched: Launched; log: string; called: Deferred<void>; atGate: Deferred<void> };
 }
 
 /** How long a started server has to restore and register. */
 const START_TIMEOUT_MS = Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000;
+/** How long the prestart waits for a ready standby to load the program up to its first read of the state. */
+const GATE_WAIT_MS = 1000;
 /** A started server whose commit has not come after this long: the source is asked. */
 const SETTLE_AFTER_MS = Number(process.env.RPCMIG_SETTLE_AFTER_MS) || 30_000;
 /** How often, and how many times, a destination asks the source how a move ended. */
@@ -168,8 +170,9 @@ export class Arrivals {
 
   /**
    * Step 2's head start: the program is in place, so its standby starts now (see
-   * runtime/standby.ts) and waits for the state; resolves once it is ready. A program whose
-   * rpcmig has no standby bootstrap is started cold at the start step instead.
+   * runtime/standby.ts): it loads the program, whose first read of its state waits for the
+   * word on its standard input that the state file is whole. Resolves once the standby is
+   * ready. A program whose rpcmig has no standby bootstrap is started cold at the start step.
    */
   async prestart(id: unknown): Promise<{ standby: boolean }> {
     const arrival = this.receiving(id);
@@ -180,26 +183,37 @@ export class Arrivals {
     const log = await this.logFile(arrival);
     const launched = launch({
       program, entry: relative(program, bootstrap), cwd: arrival.cwd, argv: [join(program, arrival.entry), ...arrival.argv],
-      execArgv: arrival.execArgv, log, env: { ...this.ctx.serverEnv, [STANDBY_ENV]: arrival.id, [ARRIVAL_ENV]: arrival.id },
+      execArgv: arrival.execArgv, log, env: { ...this.ctx.serverEnv, [STANDBY_ENV]: arrival.id, [ARRIVAL_ENV]: arrival.id }, pipe: true,
     });
     arrival.pid = launched.pid;
     this.record(arrival);
-    const standby = { launched, log, called: deferred<void>(), handOver: deferred<string>() };
+    const standby = { launched, log, called: deferred<void>(), atGate: deferred<void>() };
     arrival.standby = standby;
     this.ctx.log(`migration ${arrival.id}: standby for ${arrival.name} pid ${launched.pid} (log ${log})`);
     // Ready before the source is signalled, so that its start-up is not part of the pause.
     const died = launched.exited.then((how) => Promise.reject(refuseMigration(`the standby ${how}${lastWords(log)}`)));
     const late = () => refuseMigration(`the standby was not ready within ${START_TIMEOUT_MS} ms${lastWords(log)}`);
     await within(START_TIMEOUT_MS, Promise.race([standby.called.promise, died]), late);
+    // Loading the program's modules is not part of the pause either, unless it takes long:
+    // a program may do other work before it first reads its state.
+    await within(GATE_WAIT_MS, Promise.race([standby.atGate.promise, died])).catch(() => undefined);
     return { standby: true };
   }
 
-  /** The `standby` method: a standby process waits here for its state file. */
-  async standing(id: unknown): Promise<{ statePath: string }> {
-    const standby = this.arrivals.get(String(id))?.standby;
-    if (!standby) throw refuseMigration(`no standby awaited for migration ${JSON.stringify(id)}`);
-    standby.called.resolve();
-    return { statePath: await standby.handOver.promise };
+  /** The `standby` method: a standby process is ready, and learns where its state file will be. */
+  standing(id: unknown): { statePath: string } {
+    const arrival = this.arrivals.get(String(id));
+    if (!arrival?.standby) throw refuseMigration(`no standby awaited for migration ${JSON.stringify(id)}`);
+    arrival.standby.called.resolve();
+    return { statePath: arrival.state.path };
+  }
+
+  /** The `gate` method: the standby loaded the program, which waits for its state. */
+  gate(id: unknown): void {
+    const arrival = this.arrivals.get(String(id));
+    if (!arrival?.standby) return;
+    arrival.standby.atGate.resolve();
+    this.ctx.log(`migration ${arrival.id}: the standby loaded ${arrival.name}, which waits for its state`);
   }
 
   /** Starts the restored server (hands the state to the standby, or starts cold); waits until it registered. */
@@ -218,7 +232,8 @@ export class Arrivals {
       const serving = (async () => {
         if (arrival.standby) {
           await Promise.race([arrival.standby.called.promise, died]);
-          arrival.standby.handOver.resolve(arrival.state.path);
+          // The state file is whole: the standby's first read of its state goes on.
+          arrival.standby.launched.stdin?.end('go\n');
         }
         return Promise.race([registered, died]);
       })();
@@ -363,7 +378,6 @@ export class Arrivals {
     if (!arrival) return;
     this.arrivals.delete(arrival.id);
     if (arrival.pid !== undefined) kill(arrival.pid);
-    arrival.standby?.handOver.reject(refuseMigration(`migration aborted: ${reason}`));
     await arrival.receiver.abort().catch(() => undefined);
     await arrival.state.discard();
     await rm(arrival.dir, { recursive: true, force: true });

@@ -142,6 +142,7 @@ class NameDaemon implements Daemon {
     outcome: (_peer, [id]) => ({ outcome: this.outcome(id) }),
     // a moved server's standby, waiting for its state
     standby: (_peer, [id]) => this.arrivals.standing(id),
+    gate: (_peer, [id]) => this.arrivals.gate(id),
   };
 
   constructor(private readonly server: NetServer, readonly address: Address, private readonly options: DaemonOptions, store: BlobStore) {

@@ -2,6 +2,7 @@
 // server runs detached from the daemon (a daemon restart must not take its servers along),
 // with its output in a log file under the spool and RPCMIG_RESTORE naming its state file.
 import { spawn } from 'node:child_process';
+import type { Writable } from 'node:stream';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
@@ -15,10 +16,14 @@ export interface Launch {
   /** Variables added to the daemon's own environment. */
   env: Record<string, string>;
   log: string;
+  /** Standard input a pipe from the daemon (`Launched.stdin`): how a standby is told to go on. */
+  pipe?: boolean;
 }
 
 export interface Launched {
   pid: number;
+  /** With `pipe`: the write end of the process's standard input. */
+  stdin?: Writable;
   /** Resolves with a description of how the process ended. */
   exited: Promise<string>;
 }
@@ -30,7 +35,7 @@ export function launch(spec: Launch): Launched {
       cwd: join(spec.program, spec.cwd),
       env: { ...process.env, ...spec.env },
       detached: true,
-      stdio: ['ignore', out, out],
+      stdio: [spec.pipe ? 'pipe' : 'ignore', out, out],
     });
     const exited = new Promise<string>((resolve) => {
       child.once('error', (error) => resolve(`could not start: ${error.message}`));
@@ -38,7 +43,10 @@ export function launch(spec: Launch): Launched {
     });
     child.unref();
     if (child.pid === undefined) throw new Error(`cannot start ${spec.entry}`);
-    return { pid: child.pid, exited };
+    // The pipe must not keep the daemon alive, nor a write to a process that died end it.
+    (child.stdin as (Writable & { unref?(): void }) | null)?.unref?.();
+    child.stdin?.on('error', () => undefined);
+    return { pid: child.pid, exited, stdin: child.stdin ?? undefined };
   } finally {
     closeSync(out);
   }

@@ -1,17 +1,21 @@
 // A moved server's standby (DESIGN §3 step 2): the destination daemon starts this bootstrap,
 // from the program's own copy of rpcmig, as soon as the program is in place — while the
-// source still serves. It pays for Node's start-up, loads the runtime and authenticates to
-// the daemon, then waits. When the state file has arrived the daemon answers, and the
-// program's entry runs as if started with RPCMIG_RESTORE: only the program's own modules,
-// the restore and the registration remain on the clients' critical path.
+// source still serves. It pays for Node's start-up, loads the runtime, authenticates to the
+// daemon and learns where its state file will be; then the program's entry runs as if started
+// with RPCMIG_RESTORE, loading its modules, until its first read of the state (the injected
+// restore of the first @migrate variable, or serve()): that read waits, blocking, for the
+// daemon's word on standard input that the file is whole. Only decoding the state, the rest
+// of the program's start and its registration remain on the clients' critical path. A daemon
+// that goes away before its word closes the pipe, and the standby exits.
 //   node standby.js ENTRY [ARG ...]     with RPCMIG_STANDBY=<migration id>, RPCMIG_DAEMON, RPCMIG_KEY_FILE
+import { readSync } from 'node:fs';
 import Module from 'node:module';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { loadKey, openDaemon, parseAddress } from './daemonlink.js';
 import { connect } from './client.js';
 import { serve } from './server.js';
-import { decodeState, encodeState, RESTORE_ENV, STANDBY_ENV } from './state.js';
+import { decodeState, encodeState, gateRestore, RESTORE_ENV, STANDBY_ENV } from './state.js';
 import { adoptLink } from './register.js';
 import './index.js';
 
@@ -41,9 +45,35 @@ async function main(): Promise<void> {
   const { statePath } = (await link.call('standby', [id])) as { statePath: string };
   delete process.env[STANDBY_ENV];
   process.env[RESTORE_ENV] = statePath;
+  gateRestore(() => {
+    // Told before blocking: the program's modules are loaded, and only the state is awaited.
+    // The request leaves at once (the socket is idle); its answer is read once running again.
+    link.call('gate', [id]).catch(() => undefined);
+    awaitGo();
+  });
   adoptLink(link);
   process.argv = [process.argv[0], resolve(entry), ...argv];
   (Module as unknown as { runMain(): void }).runMain();
+}
+
+/** Blocks until the daemon writes its word on standard input; throws if the pipe closes first. */
+function awaitGo(): void {
+  const byte = Buffer.alloc(1);
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let attempt = 0; attempt < 10_000_000; attempt++) {
+    let read: number;
+    try {
+      read = readSync(0, byte, 0, 1, null);
+    } catch (error) {
+      // A non-blocking pipe: nothing yet.
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error;
+      Atomics.wait(pause, 0, 0, 1);
+      continue;
+    }
+    if (read === 0) throw new Error('the daemon went away before the state arrived');
+    if (byte[0] === 0x0a) return;
+  }
+  throw new Error('no word from the daemon');
 }
 
 main().catch((error: Error) => {

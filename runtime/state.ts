@@ -47,6 +47,21 @@ const waiting = new Map<string, object[]>();
  * RPCMIG_RESTORE is set): it verifies and decodes the whole file before any variable is
  * restored, and throws, restoring nothing, if the file does not fit this build.
  */
+/** Set by a standby (runtime/standby.ts): blocks until the state file is whole. */
+let gate: (() => void) | undefined;
+
+/** A standby loads the program ahead of its state: the first read of the state waits at `wait`. */
+export function gateRestore(wait: () => void): void {
+  gate = wait;
+}
+
+function readRestoreFile(path: string): Buffer {
+  const wait = gate;
+  gate = undefined;
+  wait?.();
+  return readFileSync(path);
+}
+
 export function program(current: Manifest): ProgramState {
   if (state) {
     if (current !== manifest) assertSameBuild(manifest!, current);
@@ -56,7 +71,7 @@ export function program(current: Manifest): ProgramState {
   const path = process.env[RESTORE_ENV];
   if (path) {
     try {
-      restored = decodeState(readFileSync(path), current);
+      restored = decodeState(readRestoreFile(path), current);
     } catch (error) {
       throw new Error(`rpcmig: cannot restore from ${path}: ${(error as Error).message}`);
     }
@@ -152,7 +167,7 @@ export function restoreInternal(key: string): unknown {
   if (!path) return undefined;
   if (!restored && !manifest) {
     try {
-      restored = decodeState(readFileSync(path), {});
+      restored = decodeState(readRestoreFile(path), {});
     } catch (error) {
       throw new Error(`rpcmig: cannot restore from ${path}: ${(error as Error).message}`);
     }

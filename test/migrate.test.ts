@@ -219,6 +219,8 @@ test('the destination runs a standby ahead of the state; a program without one i
   breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
   const log = entries(spool(b, 'logs')).find((file) => file.startsWith(`${name}-`));
   assert.ok(log, 'the moved server logs under the spool');
+  const [loaded, committed] = [`the standby loaded ${name}, which waits for its state`, `${name} committed`].map((line) => b.stderr().indexOf(line));
+  assert.ok(loaded >= 0 && loaded < committed, `the program's modules were loaded before its state arrived:\n${b.stderr()}`);
   const cold = join(cluster.dir, 'cold-program');
   cpSync(join(ROOT, 'fixtures'), cold, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) });
   rmSync(join(cold, 'node_modules', 'rpcmig', 'dist', 'runtime', 'standby.js'));
