@@ -90,7 +90,8 @@ async function moveMany(cluster: Cluster, hosts: DaemonProcess[], name: string, 
       await new Promise((resolve) => setTimeout(resolve, 100));
       move.clientWorst = load.worst;
       done.push(move);
-      console.log(`${name} move ${n + 1}: total ${ms(figures.total_ms as number)} ms, pause ${ms(figures.pause_ms as number)} ms, client worst ${ms(move.clientWorst)} ms`);
+      const rss = measure ? `, source RSS ${mb(move.sourceIdle!)} → peak ${mb(move.sourcePeak!)} MB, destination peak ${mb(move.destinationPeak!)} → ${mb(move.destinationIdle!)} MB` : '';
+      console.log(`${name} move ${n + 1}: total ${ms(figures.total_ms as number)} ms, pause ${ms(figures.pause_ms as number)} ms, client worst ${ms(move.clientWorst)} ms${rss}`);
     }
   } finally {
     await load.stop();

@@ -13,7 +13,7 @@
 // msgpackr encodes short strings one character at a time, so a large Map of strings (the
 // usual big variable) goes after the message as a string table instead (see below): the body
 // is `u32 message length, message, table, table, ...`.
-import { Serializer, serialize } from 'node:v8';
+import { Serializer } from 'node:v8';
 import { addExtension, Packr, RESERVE_START_SPACE, Unpackr } from 'msgpackr';
 
 export interface CodecOptions {
@@ -59,10 +59,12 @@ const referencePackr = createPackr({ structuredClone: true });
 const graphUnpackr = createUnpackr({ structuredClone: true });
 
 /**
- * Encodes a graph with every supported type intact. The result may be a view into the packer's
- * buffer: copy it before the next call.
+ * Encodes a graph with every supported type intact, as the pieces of the body in order, made
+ * one at a time as they are asked for: a snapshot writes each and lets it go, so a large Map
+ * never lies in memory a second time as one encoded buffer. Take each piece before asking for
+ * the next (the first may be a view into the packer's buffer), and change nothing meanwhile.
  */
-export function encodeGraph(root: object, classKeyOf: ClassKeyOf): Uint8Array {
+export function* encodeGraph(root: object, classKeyOf: ClassKeyOf): Generator<Uint8Array> {
   const survey = new Survey(classKeyOf);
   survey.object(root);
   const tables: Map<unknown, unknown>[] = [];
@@ -71,12 +73,8 @@ export function encodeGraph(root: object, classKeyOf: ClassKeyOf): Uint8Array {
   const packr = shared || classes.length > 0 || patches.length > 0 ? referencePackr : plainPackr;
   const message = packr.pack([graph, classes, patches], RESERVE_START_SPACE | LENGTH_BYTES);
   Buffer.from(message.buffer, message.byteOffset, LENGTH_BYTES).writeUInt32BE(message.length - LENGTH_BYTES);
-  if (tables.length === 0) return message;
-  // one growing buffer for everything: V8 copies each string whole, where msgpackr goes by character
-  const body = new Serializer();
-  body.writeRawBytes(message);
-  for (const table of tables) body.writeValue(table);
-  return body.releaseBuffer();
+  yield message;
+  for (const table of tables) yield* tablePieces(table);
 }
 
 /** Decodes what encodeGraph wrote; hands class instances to `adopt`. */
@@ -382,11 +380,58 @@ class TableReader {
   }
 }
 
+/** Entries a table is written in at a time: its piece of the body stays small. */
+const TABLE_SLICE_ENTRIES = 16_384;
+const DENSE_ARRAY = 0x41;
+const END_DENSE_ARRAY = 0x24;
+
+/**
+ * A table as V8's serializer writes a Map (BEGIN_MAP, key, value, …, END_MAP, 2×size), made in
+ * slices: each slice of entries is serialized as an array, whose elements V8 writes exactly as
+ * it writes a Map's, and sent without the array's framing. So no piece holds the whole table,
+ * and V8 makes no copy of all its entries as it does for a Map.
+ */
+function* tablePieces(map: Map<unknown, unknown>): Generator<Uint8Array> {
+  yield Uint8Array.of(TAG.BEGIN_MAP);
+  let slice: unknown[] = [];
+  for (const [key, value] of map) {
+    slice.push(key, value);
+    if (slice.length < 2 * TABLE_SLICE_ENTRIES) continue;
+    yield arrayElements(slice);
+    slice = [];
+  }
+  if (slice.length > 0) yield arrayElements(slice);
+  const end = new Serializer();
+  end.writeRawBytes(Uint8Array.of(TAG.END_MAP));
+  end.writeUint32(map.size * 2);
+  yield end.releaseBuffer();
+}
+
+/** The serialized elements of a dense array: without `A` length before them and `$` 0 length after. */
+function arrayElements(elements: unknown[]): Uint8Array {
+  const serializer = new Serializer();
+  serializer.writeValue(elements);
+  const bytes = serializer.releaseBuffer();
+  const lengthBytes = varintBytes(elements.length);
+  const end = bytes.length - 2 - lengthBytes;
+  if (bytes[0] !== DENSE_ARRAY || bytes[end] !== END_DENSE_ARRAY) throw new Error('rpcmig: this V8 did not write a dense array of strings');
+  return bytes.subarray(1 + lengthBytes, end);
+}
+
+function varintBytes(value: number): number {
+  let bytes = 1;
+  while (value >= 0x80) {
+    value = Math.floor(value / 0x80);
+    bytes++;
+  }
+  return bytes;
+}
+
 /** Tables are used only if this V8 writes what readTables reads (checked once, on a sample). */
 const TABLES_WORK = ((): boolean => {
   const sample = new Map([['one-byte ÿ', 'two-byte \u0100 \ud800'], ['', 'x'.repeat(5000)]]);
   try {
-    const [read] = readTables(serialize(sample), 2);
+    const [read] = readTables(Buffer.concat([...tablePieces(sample)]), 0);
     return read.size === sample.size && [...sample].every(([key, value]) => read.get(key) === value);
   } catch {
     return false;

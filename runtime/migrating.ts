@@ -6,8 +6,7 @@ import type { DaemonLink } from './daemonlink.js';
 import type { Registration } from './register.js';
 import type { WireError } from './errors.js';
 import { failpoint } from './failpoints.js';
-import { captureStateParts } from './state.js';
-import { writeStateFile } from './statefile.js';
+import { writeSnapshot } from './state.js';
 
 /** A call that arrived while migrating: run it later, or answer it without running it. */
 export interface HeldCall {
@@ -161,10 +160,8 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   const quiesced = performance.now();
   let report: SnapshotReport;
   try {
-    const parts = captureStateParts();
-    writeStateFile(order.statePath, parts, false);
+    const bytes = writeSnapshot(order.statePath);
     const written = performance.now();
-    const bytes = parts[0].length + parts[1].length;
     report = { id: order.id, bytes, quiesce_ms: quiesced - start, snapshot_ms: written - quiesced };
     migration.enter({ name: 'snapshotted', order, since });
   } catch (error) {

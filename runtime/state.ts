@@ -3,7 +3,7 @@
 // a process started with RPCMIG_RESTORE=<file> performs while its modules initialise.
 import { readFileSync } from 'node:fs';
 import { decodeGraph, encodeGraph } from './codec.js';
-import { decodeStateFile, stateFileParts, type Fingerprints } from './statefile.js';
+import { decodeStateFile, stateFileParts, writeSnapshotFile, type Fingerprints } from './statefile.js';
 
 export const RESTORE_ENV = 'RPCMIG_RESTORE';
 /** Set by a daemon on a moved server's standby: the migration whose state it waits for. */
@@ -82,18 +82,24 @@ export function program(current: Manifest): ProgramState {
 
 /** The state-file bytes of this process: every registered variable, as it is now. */
 export function captureState(): Buffer {
-  return Buffer.concat(captureStateParts());
+  const { values, fingerprints } = registered();
+  return encodeState(values, fingerprints);
 }
 
-/** The same as captureState(), as [header, body], without copying the body into one buffer. */
-export function captureStateParts(): [Buffer, Uint8Array] {
+/** Writes the state file of this process to `path` as captureState() makes it, streaming its body; returns its size. */
+export function writeSnapshot(path: string): number {
+  const { values, fingerprints } = registered();
+  return writeSnapshotFile(path, fingerprints, encodeGraph(values, classKeyOf));
+}
+
+function registered(): { values: Record<string, unknown>; fingerprints: Fingerprints } {
   const values: Record<string, unknown> = {};
   const fingerprints: Fingerprints = new Map();
   for (const [key, get] of getters) {
     values[key] = get();
     fingerprints.set(key, key.startsWith(INTERNAL_PREFIX) ? INTERNAL_FINGERPRINT : manifest![key]);
   }
-  return encodeStateParts(values, fingerprints);
+  return { values, fingerprints };
 }
 
 /** Frames variables (key -> value) and their fingerprints as a state file. */
@@ -101,10 +107,12 @@ export function encodeState(values: Record<string, unknown>, fingerprints: Finge
   return Buffer.concat(encodeStateParts(values, fingerprints));
 }
 
-/** The same as [header, body]: what a snapshot writes, without copying the body into one buffer. */
-export function encodeStateParts(values: Record<string, unknown>, fingerprints: Fingerprints): [Buffer, Uint8Array] {
-  return stateFileParts(fingerprints, encodeGraph(values, (proto) => classKeys.get(proto)));
+/** The same as [header, body pieces]: every byte a snapshot writes, not joined into one buffer. */
+export function encodeStateParts(values: Record<string, unknown>, fingerprints: Fingerprints): Buffer[] {
+  return stateFileParts(fingerprints, encodeGraph(values, classKeyOf));
 }
+
+const classKeyOf = (proto: object): string | undefined => classKeys.get(proto);
 
 /**
  * Verifies a state file against a build's manifest and decodes it: key -> value. Throws one

@@ -7,16 +7,17 @@
 //   10      4     variable count n
 //   14      ...   n entries: u16 key length, key (UTF-8), u16 fingerprint length, fingerprint
 //   h       8     body length (u64)
-//   h+8     32    SHA-256 over every byte before it and over the body
+//   h+8     32    SHA-256 over the body, then over every byte before the checksum
 //   h+40    ...   body: msgpackr, see codec.ts
 // The checksum covers the header too, so a flipped byte in a key or fingerprint is caught
-// before the fingerprints are compared.
-import { createHash } from 'node:crypto';
-import { closeSync, fsyncSync, openSync, renameSync, writeSync } from 'node:fs';
+// before the fingerprints are compared. It takes the body first because a snapshot streams
+// the body to the file as it is encoded, and writes the header, which counts it, last.
+import { createHash, type Hash } from 'node:crypto';
+import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 export const MAGIC = Buffer.from('RPCMIGSF', 'latin1');
-export const FORMAT_VERSION = 2;
+export const FORMAT_VERSION = 3;
 const CHECKSUM_BYTES = 32;
 
 /** key -> schema fingerprint of each saved variable */
@@ -27,23 +28,54 @@ export interface StateFile {
   body: Uint8Array;
 }
 
-/** The file as [header with checksum, body]: written one after the other, with no copy of the body. */
-export function stateFileParts(fingerprints: Fingerprints, body: Uint8Array): [Buffer, Uint8Array] {
-  const entries = [...fingerprints].map(([key, print]) => [Buffer.from(key), Buffer.from(print)]);
-  const entryBytes = entries.reduce((sum, [key, print]) => sum + 4 + key.length + print.length, 0);
-  const header = Buffer.allocUnsafe(MAGIC.length + 2 + 4 + entryBytes + 8 + CHECKSUM_BYTES);
-  let at = MAGIC.copy(header, 0);
-  at = header.writeUInt16BE(FORMAT_VERSION, at);
-  at = header.writeUInt32BE(entries.length, at);
-  for (const [key, print] of entries) {
-    at = header.writeUInt16BE(key.length, at);
-    at += key.copy(header, at);
-    at = header.writeUInt16BE(print.length, at);
-    at += print.copy(header, at);
+/**
+ * Counts and checksums a body given piece by piece; then makes the header that goes in front
+ * of it. Its length is known from the start, so a writer can leave room for it.
+ */
+export class StateFileHeader {
+  private readonly entries: Buffer[][];
+  private readonly hash: Hash = createHash('sha256');
+  private bodyBytes = 0;
+  readonly length: number;
+
+  constructor(fingerprints: Fingerprints) {
+    this.entries = [...fingerprints].map(([key, print]) => [Buffer.from(key), Buffer.from(print)]);
+    const entryBytes = this.entries.reduce((sum, [key, print]) => sum + 4 + key.length + print.length, 0);
+    this.length = MAGIC.length + 2 + 4 + entryBytes + 8 + CHECKSUM_BYTES;
   }
-  at = header.writeBigUInt64BE(BigInt(body.length), at);
-  checksum(header.subarray(0, at), body).copy(header, at);
-  return [header, body];
+
+  add(piece: Uint8Array): void {
+    this.hash.update(piece);
+    this.bodyBytes += piece.length;
+  }
+
+  /** The header for the body added so far. */
+  finish(): Buffer {
+    const header = Buffer.allocUnsafe(this.length);
+    let at = MAGIC.copy(header, 0);
+    at = header.writeUInt16BE(FORMAT_VERSION, at);
+    at = header.writeUInt32BE(this.entries.length, at);
+    for (const [key, print] of this.entries) {
+      at = header.writeUInt16BE(key.length, at);
+      at += key.copy(header, at);
+      at = header.writeUInt16BE(print.length, at);
+      at += print.copy(header, at);
+    }
+    at = header.writeBigUInt64BE(BigInt(this.bodyBytes), at);
+    this.hash.update(header.subarray(0, at)).digest().copy(header, at);
+    return header;
+  }
+}
+
+/** The whole file in memory, as its header and the body's pieces (views, not copies). */
+export function stateFileParts(fingerprints: Fingerprints, body: Iterable<Uint8Array>): Buffer[] {
+  const header = new StateFileHeader(fingerprints);
+  const pieces: Buffer[] = [];
+  for (const piece of body) {
+    header.add(piece);
+    pieces.push(Buffer.from(piece.buffer, piece.byteOffset, piece.byteLength));
+  }
+  return [header.finish(), ...pieces];
 }
 
 /** Parses and verifies a state file; throws an Error saying what is wrong with it. */
@@ -74,7 +106,7 @@ export function decodeStateFile(file: Uint8Array): StateFile {
 }
 
 function checksum(header: Uint8Array, body: Uint8Array): Buffer {
-  return createHash('sha256').update(header).update(body).digest();
+  return createHash('sha256').update(body).update(header).digest();
 }
 
 /** Bounds-checked reads: a truncated header is reported as truncated, not as a RangeError. */
@@ -115,18 +147,50 @@ class Reader {
 /**
  * Writes to a temporary name and renames it over `path`, so no reader ever sees a partial
  * file. `durable` (the default) adds an fsync of the file before the rename and of the
- * directory after, so a crash leaves either the old file or the complete new one. A migration's
- * snapshot is not durable: it lives only for the move, the server keeps its state in memory
- * until the commit, and a crash of either host ends the move, so nothing would read it back.
+ * directory after, so a crash leaves either the old file or the complete new one.
  */
 export function writeStateFile(path: string, bytes: Uint8Array | Uint8Array[], durable = true): void {
+  replaceFile(path, durable, (fd) => {
+    for (const part of Array.isArray(bytes) ? bytes : [bytes]) writeAll(fd, part, -1);
+  });
+}
+
+/**
+ * A snapshot: the body's pieces are written as they are encoded, none kept, after room for the
+ * header, which goes in last. Returns the file's size. Not durable: a migration's snapshot
+ * lives only for the move, the server keeps its state in memory until the commit, and a crash
+ * of the host ends the move, so nothing would read it back after one.
+ */
+export function writeSnapshotFile(path: string, fingerprints: Fingerprints, body: Iterable<Uint8Array>): number {
+  const header = new StateFileHeader(fingerprints);
+  let size = header.length;
+  replaceFile(path, false, (fd) => {
+    for (const piece of body) {
+      header.add(piece);
+      size += writeAll(fd, piece, size);
+    }
+    writeAll(fd, header.finish(), 0);
+  });
+  return size;
+}
+
+/** Writes every byte, at `position` (-1: where the file is). */
+function writeAll(fd: number, bytes: Uint8Array, position: number): number {
+  for (let done = 0; done < bytes.length;) {
+    done += writeSync(fd, bytes, done, bytes.length - done, position < 0 ? null : position + done);
+  }
+  return bytes.length;
+}
+
+function replaceFile(path: string, durable: boolean, write: (fd: number) => void): void {
   const temporary = `${path}.${process.pid}.tmp`;
   const fd = openSync(temporary, 'w', 0o600);
   try {
-    for (const part of Array.isArray(bytes) ? bytes : [bytes]) {
-      for (let at = 0; at < part.length;) at += writeSync(fd, part, at, part.length - at);
-    }
+    write(fd);
     if (durable) fsyncSync(fd);
+  } catch (error) {
+    rmSync(temporary, { force: true });
+    throw error;
   } finally {
     closeSync(fd);
   }

@@ -2,8 +2,8 @@
 // builds every supported kind of value and writes the snapshot; started with RPCMIG_RESTORE
 // it restores and prints `verdict: ok` or what differs. STATE_BUILD=changed|missing|new
 // makes it a different build (a changed type, a removed variable, an added variable).
-import { captureState, program } from '../../runtime/state.js';
-import { writeStateFile } from '../../runtime/statefile.js';
+import { readFileSync } from 'node:fs';
+import { captureState, program, writeSnapshot } from '../../runtime/state.js';
 import { sameGraph } from '../helpers/same-graph.js';
 
 class Session {
@@ -53,9 +53,10 @@ function build(): Record<string, unknown> {
     session,
     nested: { level1: { level2: [{ level3: new Map([['deep', new Set([shared])]]) }] } },
     nullProto: Object.assign(Object.create(null) as object, { bare: 1 }),
-    // Maps of 1,024+ strings travel as string tables: plain, two-byte and lone-surrogate values,
+    // Maps of 1,024+ strings travel as string tables, written in slices of 16,384 entries: plain,
+    // two-byte and lone-surrogate values,
     // one under an array with a hole beside a class instance, one reached twice (packed in place).
-    bigMap: stringMap(2000, (i) => (i % 3 === 0 ? `värde ${i} 日本` : i % 7 === 0 ? `lone \ud800 ${i}` : `value ${i}`)),
+    bigMap: stringMap(40_000, (i) => (i % 3 === 0 ? `värde ${i} 日本` : i % 7 === 0 ? `lone \ud800 ${i}` : `value ${i}`)),
     underHole: [, { session: new Session('bob'), table: stringMap(1500, (i) => `v${i}`) }],
     twice: [bigShared, { again: bigShared }],
   };
@@ -87,8 +88,9 @@ expected.nested = { ...(expected.nested as object), later: new Later(7) };
 
 const [mode, file] = process.argv.slice(2);
 if (mode === 'save') {
-  writeStateFile(file, captureState());
-  console.log('saved');
+  // What a migration's snapshot streams to its file is what captureState() makes in memory.
+  const size = writeSnapshot(file);
+  console.log(readFileSync(file).equals(captureState()) ? `saved ${size} bytes` : 'the snapshot differs from captureState()');
 } else {
   const expectedNow = Object.fromEntries(names.map((name) => [name, expected[name]]));
   const problems = sameGraph(expectedNow, actual);
