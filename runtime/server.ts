@@ -7,7 +7,7 @@ import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, complete, CompletionRecords, HELLO, type Completion, type SavedRecords } from './records.js';
 import { failpoint } from './failpoints.js';
-import { INTERNAL_PREFIX, registerInternal, RESTORE_ENV, restoreInternal, unregisterInternal } from './state.js';
+import { INTERNAL_PREFIX, registerInternal, RESTORE_ENV, restoreInternal, unregisterInternal, warmCodec } from './state.js';
 import { register, type MigrationReport, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
@@ -29,6 +29,8 @@ export interface ServeOptions {
 export const DEFAULT_RECORD_LEASE_MS = 60_000;
 /** How long a stale server answers MOVED before it exits. */
 const STALE_GRACE_MS = 60_000;
+/** When a server that can migrate compiles its snapshot code (see warmCodec). */
+const WARM_CODEC_AFTER_MS = 500;
 
 export interface Server {
   readonly name: string;
@@ -329,8 +331,11 @@ export async function serve<T extends object>(name: string, procedures: T, optio
     server.migration.enter({ name: 'moved', to: stale.to, epoch: stale.epoch });
     setTimeout(() => void server.retire(), STALE_GRACE_MS);
   }
-  if (server.registration) server.cleanups.push(takeOrders(server.registration, server, log));
-  else {
+  if (server.registration) {
+    server.cleanups.push(takeOrders(server.registration, server, log));
+    // Off the start-up path, well before any order: the first snapshot then runs compiled code.
+    setTimeout(warmCodec, WARM_CODEC_AFTER_MS).unref();
+  } else {
     const ignore = () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored');
     process.on('SIGUSR2', ignore);
     server.cleanups.push(() => process.off('SIGUSR2', ignore));

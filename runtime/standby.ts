@@ -15,7 +15,7 @@ import { pathToFileURL } from 'node:url';
 import { loadKey, openDaemon, parseAddress } from './daemonlink.js';
 import { connect } from './client.js';
 import { serve } from './server.js';
-import { decodeState, encodeState, gateRestore, RESTORE_ENV, STANDBY_ENV } from './state.js';
+import { gateRestore, RESTORE_ENV, STANDBY_ENV, warmCodec } from './state.js';
 import { adoptLink } from './register.js';
 import './index.js';
 
@@ -24,7 +24,7 @@ import './index.js';
  * V8 has compiled it before the state arrives instead of after.
  */
 async function warmUp(): Promise<void> {
-  decodeState(encodeState({}, new Map()), {});
+  warmCodec();
   const server = await serve('rpcmig-standby', { ping: () => true }, { daemon: false });
   const client = await connect<{ ping(): boolean }>(parseAddress(server.address, 0));
   await client.ping();
@@ -61,13 +61,15 @@ function awaitGo(): void {
   const byte = Buffer.alloc(1);
   const pause = new Int32Array(new SharedArrayBuffer(4));
   for (let attempt = 0; attempt < 10_000_000; attempt++) {
+    // Finely at first: the word usually comes within milliseconds, and every wait adds to the pause.
+    const waitMs = attempt < 5000 ? 0.1 : 1;
     let read: number;
     try {
       read = readSync(0, byte, 0, 1, null);
     } catch (error) {
       // A non-blocking pipe: nothing yet.
       if ((error as NodeJS.ErrnoException).code !== 'EAGAIN') throw error;
-      Atomics.wait(pause, 0, 0, 1);
+      Atomics.wait(pause, 0, 0, waitMs);
       continue;
     }
     if (read === 0) throw new Error('the daemon went away before the state arrived');
