@@ -2,7 +2,8 @@
 // the blobs its cache lacks and the state file, materialises the program, starts it with
 // RPCMIG_RESTORE and answers once the restored server has registered here.
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readdir, readFile, rename, rm, stat, type FileHandle } from 'node:fs/promises';
+import { closeSync, fstatSync, openSync, writeSync } from 'node:fs';
+import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join, posix, relative } from 'node:path';
 import { openDaemon, parseAddress, within } from '../runtime/daemonlink.js';
@@ -414,11 +415,14 @@ export class Arrivals {
   }
 }
 
-/** Writes the pieces of a state file at their offsets; the final one waits for the rest and checks the size. */
+/**
+ * Writes the pieces of a state file at their offsets; the final one checks the size. Written
+ * synchronously: each piece is at most a chunk, and a thread-pool round trip per file
+ * operation would add to the clients' pause.
+ */
 class StateWriter {
   complete = false;
-  private file: Promise<FileHandle> | undefined;
-  private readonly writes = new Set<Promise<unknown>>();
+  private fd: number | undefined;
   private received = 0;
 
   constructor(readonly path: string) {}
@@ -426,25 +430,25 @@ class StateWriter {
   async write(offset: number, bytes: Uint8Array, final: boolean): Promise<void> {
     if (this.complete) throw refuseMigration('state piece after the final one');
     if (offset < 0 || offset + bytes.length > MAX_STATE_BYTES) throw refuseMigration(`state piece at ${offset} exceeds ${MAX_STATE_BYTES} bytes`);
-    this.file ??= open(this.path, 'wx', 0o600);
-    const file = await this.file;
-    const write = file.write(bytes, 0, bytes.length, offset);
-    this.writes.add(write);
-    await write.finally(() => this.writes.delete(write));
+    this.fd ??= openSync(this.path, 'wx', 0o600);
+    for (let done = 0; done < bytes.length;) done += writeSync(this.fd, bytes, done, bytes.length - done, offset + done);
     this.received += bytes.length;
     if (!final) return;
-    await Promise.all(this.writes);
-    if ((await file.stat()).size !== this.received) throw refuseMigration('the state file arrived with gaps');
+    if (fstatSync(this.fd).size !== this.received) throw refuseMigration('the state file arrived with gaps');
     // Not fsynced: the restoring process reads it back at once, on this host; a crash before
     // that ends the migration anyway, and the source still holds the state.
-    await file.close();
+    this.close();
     this.complete = true;
   }
 
   async discard(): Promise<void> {
-    await Promise.allSettled(this.writes);
-    await (await this.file?.catch(() => undefined))?.close().catch(() => undefined);
+    this.close();
     await rm(this.path, { force: true });
+  }
+
+  private close(): void {
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
   }
 }
 
