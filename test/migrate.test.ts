@@ -110,7 +110,9 @@ test('exactly once: 8 clients pipelining increments while the counter moves A->B
 
 test('a call executing at the order replies from the source; one arriving mid-move runs once, at the destination', async () => {
   const { name, client, pid, started } = await counterOn(a);
-  const slow = client.slow(1500);
+  // Long enough to be still executing when the order comes, after the program is shipped and
+  // the destination's standby started, even on a busy machine.
+  const slow = client.slow(4000);
   await new Promise((resolve) => setTimeout(resolve, 100));
   const moving = cluster.migrate(name, a, b, ['--grace', '1']);
   assert.ok(await waitFor(() => started.stderr().includes('serving -> quiescing'), 10_000), 'the server took the order');
