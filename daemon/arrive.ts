@@ -312,8 +312,14 @@ export class Arrivals {
     }
   }
 
-  /** How a registering process that a move started stands: held until settled, or refused. */
-  verdict(arrival: string): 'unsettled' | 'abandoned' | undefined {
+  /**
+   * How a registering process that a move started stands: held until settled, or refused. A
+   * move brings the one server it names: a process it started that registers another name (its
+   * source sent other arguments) is refused, so that a peer cannot take a name here that way.
+   */
+  verdict(arrival: string, name: string): 'unsettled' | 'abandoned' | 'misnamed' | undefined {
+    const move = this.arrivals.get(arrival) ?? this.unsettled.get(arrival);
+    if (move !== undefined && move.name !== name) return 'misnamed';
     if (this.unsettled.has(arrival)) return 'unsettled';
     return this.abandoned.has(arrival) ? 'abandoned' : undefined;
   }

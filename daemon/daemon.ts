@@ -17,7 +17,7 @@ import { end } from './launch.js';
 import { Forwards } from './forwards.js';
 import { Coordinator, type SourceContext } from './migrate.js';
 import { Recovery } from './recover.js';
-import { checkName, checkRegistration, isMoveId, Names, type Listing, type Server } from './names.js';
+import { checkName, checkRegistration, isMoveId, Names, type Listing, type Registration, type Server } from './names.js';
 import { BlobStore } from './transfer.js';
 
 export interface DaemonOptions {
@@ -254,17 +254,11 @@ class NameDaemon implements Daemon {
 
   private register(peer: Peer, value: unknown): { name: string; address: string; stale?: { to: string; epoch: number } } {
     const registration = checkRegistration(value);
+    const verdict = this.admitArrival(registration);
     const newer = this.names.all().find((s) => s.name === registration.name && s.state === 'serving');
     if (newer && (registration.epoch ?? 0) > 0 && (newer.epoch ?? 0) >= registration.epoch!) {
       this.options.log(`register ${registration.name} pid ${registration.pid}: stale (epoch ${registration.epoch}; pid ${newer.pid} serves epoch ${newer.epoch ?? 0})`);
       return { name: registration.name, address: registration.address, stale: { to: this.reachable(newer.address), epoch: newer.epoch ?? 0 } };
-    }
-    const verdict = registration.arrival === undefined ? undefined : this.arrivals.verdict(registration.arrival);
-    if (verdict === 'abandoned') {
-      // Started here for a move its source rolled back while this daemon was down: the source serves.
-      end(registration.pid, ARRIVAL_ENV, registration.arrival!);
-      this.options.log(`refused register ${registration.name} pid ${registration.pid}: move ${registration.arrival} was rolled back; ended it`);
-      throw new RpcmigError('MIGRATION_FAILED', `move ${registration.arrival} was rolled back; ${registration.name} serves at its source`);
     }
     let server: Server;
     try {
@@ -302,6 +296,22 @@ class NameDaemon implements Daemon {
     this.forwards.delete(server.name);
     this.arrivals.registered(server, address);
     return { name: server.name, address };
+  }
+
+  /**
+   * A process a move started here registers only while that move stands, and only as the server
+   * it brings; otherwise it is ended. Started for a move its source rolled back while this daemon
+   * was down: the source serves. Registering another name: its source sent other arguments.
+   */
+  private admitArrival(registration: Registration): 'unsettled' | undefined {
+    const { arrival, name, pid } = registration;
+    if (arrival === undefined) return undefined;
+    const verdict = this.arrivals.verdict(arrival, name);
+    if (verdict !== 'abandoned' && verdict !== 'misnamed') return verdict;
+    end(pid, ARRIVAL_ENV, arrival);
+    const why = verdict === 'abandoned' ? `move ${arrival} was rolled back; ${name} serves at its source` : `move ${arrival} brings another server, not ${name}`;
+    this.options.log(`refused register ${name} pid ${pid}: ${why}; ended it`);
+    throw new RpcmigError('MIGRATION_FAILED', why);
   }
 
   /**

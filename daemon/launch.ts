@@ -52,10 +52,15 @@ export function launch(spec: Launch): Launched {
   }
 }
 
-/** The last lines of a log, to say why a server did not start. */
+const STACK_FRAME = /^\s+at /;
+
+/**
+ * The last lines of a log, to say why a server did not start. Stack frames are left out: an
+ * uncaught error's frames would push its message out of the lines shown.
+ */
 export function tail(log: string, lines = 8): string {
   try {
-    return readFileSync(log, 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+    return readFileSync(log, 'utf8').trimEnd().split('\n').filter((line) => !STACK_FRAME.test(line)).slice(-lines).join('\n');
   } catch {
     return '';
   }

@@ -7,7 +7,7 @@ import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, complete, CompletionRecords, HELLO, type Completion, type SavedRecords } from './records.js';
 import { failpoint } from './failpoints.js';
-import { INTERNAL_PREFIX, registerInternal, RESTORE_ENV, restoreInternal, unregisterInternal, warmCodec } from './state.js';
+import { INTERNAL_PREFIX, registerInternal, RESTORE_ENV, restoredKeys, restoreInternal, unregisterInternal, warmCodec } from './state.js';
 import { register, type MigrationReport, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
@@ -287,11 +287,26 @@ function listen(net: NetServer, host: string, port: number): Promise<void> {
   });
 }
 
+const EPOCH_PREFIX = `${INTERNAL_PREFIX}epoch:`;
+
+/**
+ * A snapshot names the servers it was taken from by their epoch keys. A state file taken from
+ * another server (a source's mistake, or a peer's attack) is not restored under this name: its
+ * variables would be served as this server's, its completion records and epoch dropped.
+ */
+function assertOwnState(name: string): void {
+  const owners = restoredKeys(EPOCH_PREFIX).map((key) => key.slice(EPOCH_PREFIX.length));
+  if (owners.length > 0 && !owners.includes(name)) {
+    throw new Error(`rpcmig: cannot restore ${name}: the state file is ${owners.join(', ')}'s, not ${name}'s`);
+  }
+}
+
 /**
  * Serves `procedures` (its own enumerable functions) under `name`, and registers with the
  * local daemon when one answers. Resolves once listening and registered (or known alone).
  */
 export async function serve<T extends object>(name: string, procedures: T, options: ServeOptions = {}): Promise<Server> {
+  assertOwnState(name);
   // A daemon starting a moved server sets RPCMIG_HOST: the host written in the code was the old one's.
   const host = process.env.RPCMIG_HOST || options.host || '127.0.0.1';
   const net = createServer({ noDelay: true });
@@ -304,7 +319,7 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   registerInternal(recordsKey, () => server.records.save());
   server.cleanups.push(() => unregisterInternal(recordsKey));
   // Each move raises the epoch: a restored server is one newer than the snapshot it came from.
-  const epochKey = `${INTERNAL_PREFIX}epoch:${name}`;
+  const epochKey = `${EPOCH_PREFIX}${name}`;
   const savedEpoch = restoreInternal(epochKey);
   server.epoch = typeof savedEpoch === 'number' ? savedEpoch + 1 : 0;
   registerInternal(epochKey, () => server.epoch);

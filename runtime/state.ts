@@ -189,6 +189,19 @@ export function unregisterInternal(key: string): void {
  * without @migrate variables never read its file during module initialisation: it is read here.
  */
 export function restoreInternal(key: string): unknown {
+  const values = restoredValues();
+  const value = values?.get(key);
+  values?.delete(key);
+  return value;
+}
+
+/** The keys under `prefix` that the restore file holds and nothing restored yet; [] when not restoring. */
+export function restoredKeys(prefix: string): string[] {
+  return [...(restoredValues()?.keys() ?? [])].filter((key) => key.startsWith(prefix));
+}
+
+/** What is left of the restore file; read here when no @migrate variable read it during module initialisation. */
+function restoredValues(): Map<string, unknown> | undefined {
   const path = process.env[RESTORE_ENV];
   if (!path) return undefined;
   if (!restored && !manifest) {
@@ -198,9 +211,7 @@ export function restoreInternal(key: string): unknown {
       throw new Error(`rpcmig: cannot restore from ${path}: ${(error as Error).message}`);
     }
   }
-  const value = restored?.get(key);
-  restored?.delete(key);
-  return value;
+  return restored;
 }
 
 function register(key: string, get: () => unknown): void {

@@ -12,7 +12,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import type { Failpoint } from '../runtime/failpoints.js';
-import { breakdown, Cluster, COUNTER, type Restartable } from './helpers/cluster.js';
+import { breakdown, Cluster, COUNTER, startedBy, type Restartable } from './helpers/cluster.js';
 import type { CliResult, DaemonProcess } from './helpers/daemon.js';
 import { isAlive, stop, waitFor } from './helpers/process.js';
 
@@ -86,22 +86,6 @@ function load(client: Client<Counter>): { stop(): Promise<{ acked: number; faile
       return { acked, failed };
     },
   };
-}
-
-/** Processes a destination daemon started for a move (its standbys and moved servers), by their environment. */
-function startedBy(daemon: DaemonProcess): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let environ: string[];
-    try {
-      environ = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
-    } catch {
-      continue;
-    }
-    if (environ.includes(`RPCMIG_DAEMON=${daemon.address}`) && environ.some((v) => v.startsWith('RPCMIG_ARRIVAL='))) pids.push(Number(entry));
-  }
-  return pids;
 }
 
 /** True once the process is stopped (state T in /proc/PID/stat). */

@@ -2,6 +2,7 @@
 // registered with them, the CLI run without blocking (clients in the test keep calling), and
 // the cleanup of servers that daemons started, by the pids their daemons list.
 import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, cleanEnv, startDaemonProcess, tempDir, writeKey, type CliResult, type DaemonProcess } from './daemon.js';
 import { ROOT, startNode, stop, waitFor, isAlive, type Started } from './process.js';
@@ -122,4 +123,24 @@ export class Cluster {
 export function breakdown(result: CliResult): Record<string, number | string> {
   if (result.code !== 0) throw new Error(`migrate exited ${result.code}: ${result.stderr}`);
   return JSON.parse(result.stdout) as Record<string, number | string>;
+}
+
+/**
+ * Processes a daemon started for a move (its standbys and moved servers), found by their
+ * environment: they name the daemon and carry the move's id.
+ */
+export function startedBy(daemon: DaemonProcess): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let environ: string[];
+    try {
+      environ = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
+    } catch {
+      continue;
+    }
+    const moved = environ.some((v) => v.startsWith('RPCMIG_ARRIVAL=') || v.startsWith('RPCMIG_STANDBY='));
+    if (moved && environ.includes(`RPCMIG_DAEMON=${daemon.address}`)) pids.push(Number(entry));
+  }
+  return pids;
 }

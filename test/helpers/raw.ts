@@ -1,7 +1,10 @@
 // A raw MessagePack-RPC peer built from node:net and msgpackr alone (not the project's client
 // or wire.ts), so that tests check the server against the specification, not against itself.
+// Given the cluster key it first passes a daemon's handshake (tested on its own), so that
+// tests can send a daemon what its own link never would.
 import { connect, type Socket } from 'node:net';
 import { Packr, UnpackrStream } from 'msgpackr';
+import { offerHandshake } from '../../runtime/handshake.js';
 
 const packr = new Packr({ useRecords: false });
 
@@ -71,14 +74,24 @@ class RawPeer implements Raw {
   }
 }
 
-export function openRaw(address: string): Promise<Raw> {
+/** Connects to `address`; with `key`, passes the daemon's handshake before reading anything. */
+export async function openRaw(address: string, key?: Buffer): Promise<Raw> {
   const colon = address.lastIndexOf(':');
   const socket = connect({ host: address.slice(0, colon), port: Number(address.slice(colon + 1)) });
-  const raw = new RawPeer(socket);
-  return new Promise((resolve, reject) => {
-    socket.once('connect', () => resolve(raw));
+  await new Promise((resolve, reject) => {
+    socket.once('connect', resolve);
     socket.once('error', reject);
   });
+  socket.on('error', () => undefined);
+  if (key) {
+    try {
+      await offerHandshake(socket, key, address);
+    } catch (error) {
+      socket.destroy();
+      throw error;
+    }
+  }
+  return new RawPeer(socket);
 }
 
 /** Sends a request and returns the response with the same msgid (other messages are dropped). */
