@@ -311,6 +311,12 @@ export class Arrivals {
     }
   }
 
+  /** The source of the move `id` if its server was started here and the move is not known committed. */
+  uncommitted(id: string): string | undefined {
+    const arrival = this.arrivals.get(id);
+    return arrival?.phase === 'started' ? arrival.source : this.unsettled.get(id)?.source;
+  }
+
   /** How a registering process that a move started stands: held until settled, or refused. */
   verdict(arrival: string): 'unsettled' | 'abandoned' | undefined {
     if (this.unsettled.has(arrival)) return 'unsettled';

@@ -28,6 +28,8 @@ export interface SourceContext {
   forwards: Forwards;
   /** Sends a notification on the server's control connection. */
   notify(server: Server, method: string, params: unknown[]): void;
+  /** The source of the move that started this server here, until that move is known committed. */
+  arrivingFrom(server: Server): string | undefined;
   log(line: string): void;
 }
 
@@ -183,6 +185,9 @@ export class Coordinator {
     if (server.state !== 'serving' || this.moves.has(server)) {
       throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is ${server.state === 'moved' ? 'moved away already' : 'already migrating'}`, { step: 'order' });
     }
+    // Moved on before its source committed, it would live twice should that source roll back.
+    const from = this.ctx.arrivingFrom(server);
+    if (from !== undefined) throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is still arriving from ${from}`, { step: 'order' });
     const id = randomBytes(8).toString('hex');
     const dir = join(this.ctx.spool, 'leaving', id);
     const figures: Breakdown = {
