@@ -12,7 +12,7 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import type { Failpoint } from '../runtime/failpoints.js';
-import { breakdown, Cluster, COUNTER, type Restartable } from './helpers/cluster.js';
+import { breakdown, Cluster, COUNTER, startedBy, type Restartable } from './helpers/cluster.js';
 import type { CliResult, DaemonProcess } from './helpers/daemon.js';
 import { isAlive, stop, waitFor } from './helpers/process.js';
 
@@ -88,22 +88,6 @@ function load(client: Client<Counter>): { stop(): Promise<{ acked: number; faile
   };
 }
 
-/** Processes a destination daemon started for a move (its standbys and moved servers), by their environment. */
-function startedBy(daemon: DaemonProcess): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    let environ: string[];
-    try {
-      environ = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
-    } catch {
-      continue;
-    }
-    if (environ.includes(`RPCMIG_DAEMON=${daemon.address}`) && environ.some((v) => v.startsWith('RPCMIG_ARRIVAL='))) pids.push(Number(entry));
-  }
-  return pids;
-}
-
 /** True once the process is stopped (state T in /proc/PID/stat). */
 function frozen(pid: number): boolean {
   try {
@@ -150,7 +134,7 @@ CELLS.forEach((cell, index) => {
       if (action === 'stop') {
         // The frozen process, found once the failpoint stopped it; continued once the others gave up.
         const pidOf = (): number | undefined => ({
-          'source daemon': a.pid, 'source server': server.pid, 'destination daemon': b.pid, 'destination server': startedBy(b).find(frozen),
+          'source daemon': a.pid, 'source server': server.pid, 'destination daemon': b.pid, 'destination server': startedBy(b.address).find(frozen),
         })[party];
         assert.ok(await waitFor(() => { const pid = pidOf(); return pid !== undefined && frozen(pid); }, 15_000), `${party} froze at ${point}`);
         const pid = pidOf()!;
@@ -168,7 +152,7 @@ CELLS.forEach((cell, index) => {
       // Exactly one host serves: the expected one (a restarted destination may hold its server until the source confirms).
       const [here, there] = owner === 'source' ? [a, b] : [b, a];
       await cluster.serving(here, name, 10_000);
-      assert.ok(await waitFor(() => startedBy(b).length === (owner === 'destination' ? 1 : 0), 10_000), `processes the move started on the destination: ${startedBy(b)}`);
+      assert.ok(await waitFor(() => startedBy(b.address).length === (owner === 'destination' ? 1 : 0), 10_000), `processes the move started on the destination: ${startedBy(b.address)}`);
       assert.is(await servingOn(there, name), undefined, `only the ${owner} serves`);
 
       if (cell.log) {

@@ -2,6 +2,7 @@
 // registered with them, the CLI run without blocking (clients in the test keep calling), and
 // the cleanup of servers that daemons started, by the pids their daemons list.
 import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, cleanEnv, startDaemonProcess, tempDir, writeKey, type CliResult, type DaemonProcess } from './daemon.js';
 import { ROOT, startNode, stop, waitFor, isAlive, type Started } from './process.js';
@@ -116,6 +117,22 @@ export class Cluster {
     }
     await Promise.all(this.daemons.map((daemon) => stop(daemon.pid)));
   }
+}
+
+/** Processes the daemon at `address` started for a move (its standbys and moved servers), or for the move `id`, by their environment. */
+export function startedBy(address: string, id?: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let environ: string[];
+    try {
+      environ = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
+    } catch {
+      continue;
+    }
+    if (environ.includes(`RPCMIG_DAEMON=${address}`) && environ.some((v) => v.startsWith(`RPCMIG_ARRIVAL=${id ?? ''}`))) pids.push(Number(entry));
+  }
+  return pids;
 }
 
 /** Parses `rpcmig migrate --json` output, failing with its stderr. */
