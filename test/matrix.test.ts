@@ -8,11 +8,11 @@
 // are in recovery.test.ts.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import type { Failpoint } from '../runtime/failpoints.js';
-import { breakdown, Cluster, COUNTER, startedBy, type Restartable } from './helpers/cluster.js';
+import { breakdown, Cluster, COUNTER, frozen, startedBy, type Restartable } from './helpers/cluster.js';
 import type { CliResult, DaemonProcess } from './helpers/daemon.js';
 import { isAlive, stop, waitFor } from './helpers/process.js';
 
@@ -86,15 +86,6 @@ function load(client: Client<Counter>): { stop(): Promise<{ acked: number; faile
       return { acked, failed };
     },
   };
-}
-
-/** True once the process is stopped (state T in /proc/PID/stat). */
-function frozen(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').startsWith('T');
-  } catch {
-    return false;
-  }
 }
 
 function empty(dir: string): boolean {

@@ -135,6 +135,15 @@ export function startedBy(address: string, id?: string): number[] {
   return pids;
 }
 
+/** True once the process is stopped (state T in /proc/PID/stat). */
+export function frozen(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').startsWith('T');
+  } catch {
+    return false;
+  }
+}
+
 /** Parses `rpcmig migrate --json` output, failing with its stderr. */
 export function breakdown(result: CliResult): Record<string, number | string> {
   if (result.code !== 0) throw new Error(`migrate exited ${result.code}: ${result.stderr}`);

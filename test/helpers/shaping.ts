@@ -30,6 +30,8 @@ export async function shape(link: ShapedLink, spec: NetemSpec, spawnInHost: Spaw
   if (spec.delayMs === undefined && spec.lossPercent === undefined && spec.rateKbit === undefined) {
     throw new Error('netem spec is empty; use clearNetem to remove shaping');
   }
+  const missing = spec.lossPercent !== undefined || spec.delayMs !== undefined ? missingTool() : undefined;
+  if (missing !== undefined) throw new Error(`netem's loss and delay need ${missing} (.ci/run installs it)`);
   let delayer: ChildProcess | undefined;
   const shaping = { clear: () => clear(link, delayer) };
   try {
@@ -80,8 +82,8 @@ async function clear(link: ShapedLink, delayer: ChildProcess | undefined): Promi
   if (delayer.exitCode === null && delayer.signalCode === null) delayer.kill('SIGKILL');
 }
 
-/** Says what is missing, where the tests would otherwise fail on a command not found. */
-export function shapingMissing(): string | undefined {
+/** Names what loss and delay lack, where the tests would otherwise fail on a command not found. */
+function missingTool(): string | undefined {
   if (!succeeds('iptables', ['--version'])) return 'iptables (Debian package iptables)';
   if (!succeeds('python3', ['--version'])) return 'python3';
   return undefined;
