@@ -112,13 +112,11 @@ test.before(async () => {
       await firstMatch(daemon, /listening on (\S+)/, 10_000);
       daemonPids.set(host, daemon.pid!);
     }
-    // One move of the fixtures' program to b and c first: later moves ship no program bytes,
+    // One move of the fixtures' program to b first: later moves there ship no program bytes,
     // so the faults below meet the state, not the program.
     await server('a', COUNTER, 'warm');
-    for (const [from, to] of [['a', 'b'], ['b', 'c']]) {
-      const result = await migrate('warm', from, to);
-      if (result.code !== 0) throw new Error(`warm-up ${from} -> ${to}: ${result.stderr}`);
-    }
+    const warm = await migrate('warm', 'a', 'b');
+    if (warm.code !== 0) throw new Error(`warm-up a -> b: ${warm.stderr}`);
   } catch (error) {
     setupError = error;
   }
