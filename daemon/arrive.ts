@@ -88,6 +88,8 @@ interface Arrival extends Shipment {
   arrived?: Arrived;
   /** The process started ahead of the state: ready once it called `standby`, at its gate once the program waits for its state. */
   standby?: { launched: Launched; log: string; called: Deferred<void>; atGate: Deferred<void> };
+  /** Until the start, drops the arrival if the source goes silent (see SILENCE_MS). */
+  silence?: NodeJS.Timeout;
 }
 
 /** How long a started server has to restore and register. */
@@ -96,6 +98,12 @@ const START_TIMEOUT_MS = Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000;
 const GATE_WAIT_MS = 1000;
 /** A started server whose commit has not come after this long: the source is asked. */
 const SETTLE_AFTER_MS = Number(process.env.RPCMIG_SETTLE_AFTER_MS) || 30_000;
+/**
+ * The longest a source waits before it gives up on a move and aborts it: its quiesce time-out
+ * and a step. Heard from no more before the start, its abort was lost (a partition): the
+ * arrival is dropped, rather than held until TCP notices the connection is dead.
+ */
+const SILENCE_MS = (Number(process.env.RPCMIG_QUIESCE_TIMEOUT_MS) || 20_000) + (Number(process.env.RPCMIG_STEP_TIMEOUT_MS) || 10_000);
 /** How often, and how many times, a destination asks the source how a move ended. */
 const SETTLE_RETRY_MS = 1000;
 const SETTLE_ATTEMPTS = 600;
@@ -143,6 +151,7 @@ export class Arrivals {
       state: new StateWriter(join(dir, 'state')),
     };
     this.arrivals.set(shipment.id, arrival);
+    this.watch(arrival);
     this.record(arrival);
     this.ctx.log(`migration ${shipment.id}: receiving ${shipment.name} (program ${shipment.program.slice(0, 12)}${have ? ', in place' : ''})`);
     // A program materialised here before needs no blob: its tree is already in place.
@@ -198,6 +207,7 @@ export class Arrivals {
     // Loading the program's modules is not part of the pause either, unless it takes long:
     // a program may do other work before it first reads its state.
     await within(GATE_WAIT_MS, Promise.race([standby.atGate.promise, died])).catch(() => undefined);
+    this.watch(arrival);
     return { standby: true };
   }
 
@@ -312,6 +322,12 @@ export class Arrivals {
     }
   }
 
+  /** The source of the move `id` if its server was started here and the move is not known committed. */
+  uncommitted(id: string): string | undefined {
+    const arrival = this.arrivals.get(id);
+    return arrival?.phase === 'started' ? arrival.source : this.unsettled.get(id)?.source;
+  }
+
   /**
    * How a registering process that a move started stands: held until settled, or refused. A
    * move brings the one server it names: a process it started that registers another name (its
@@ -384,6 +400,7 @@ export class Arrivals {
     const arrival = this.arrivals.get(String(id));
     if (!arrival) return;
     this.arrivals.delete(arrival.id);
+    clearTimeout(arrival.silence);
     if (arrival.pid !== undefined) kill(arrival.pid);
     await arrival.receiver.abort().catch(() => undefined);
     await arrival.state.discard();
@@ -402,7 +419,18 @@ export class Arrivals {
   private receiving(id: unknown): Arrival {
     const arrival = this.arrivals.get(String(id));
     if (!arrival || arrival.phase !== 'receiving') throw refuseMigration(`no migration ${JSON.stringify(id)} is receiving here`);
+    this.watch(arrival);
     return arrival;
+  }
+
+  /** (Re)starts the arrival's silence timer: the source was just heard from, or answered. */
+  private watch(arrival: Arrival): void {
+    clearTimeout(arrival.silence);
+    arrival.silence = setTimeout(() => {
+      if (this.arrivals.get(arrival.id) !== arrival || arrival.phase !== 'receiving') return;
+      this.abort(arrival.id, `nothing heard from ${arrival.source} for ${SILENCE_MS} ms`)
+        .catch((error: Error) => this.ctx.log(`migration ${arrival.id}: cleanup failed: ${error.message}`));
+    }, SILENCE_MS).unref();
   }
 
   private programDir(program: string): string {

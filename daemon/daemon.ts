@@ -154,6 +154,7 @@ class NameDaemon implements Daemon {
       key: options.key, spool: options.dir, advertised: this.advertised, daemonId: this.id,
       names: this.names, forwards: this.forwards, log,
       notify: (server, method, params) => this.notify(server, method, params),
+      arrivingFrom: (server) => (server.arrival === undefined ? undefined : this.arrivals.uncommitted(server.arrival)),
     };
     this.coordinator = new Coordinator(source);
     this.recovery = new Recovery(source);

@@ -28,6 +28,8 @@ export interface SourceContext {
   forwards: Forwards;
   /** Sends a notification on the server's control connection. */
   notify(server: Server, method: string, params: unknown[]): void;
+  /** The source of the move that started this server here, until that move is known committed. */
+  arrivingFrom(server: Server): string | undefined;
   log(line: string): void;
 }
 
@@ -183,6 +185,9 @@ export class Coordinator {
     if (server.state !== 'serving' || this.moves.has(server)) {
       throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is ${server.state === 'moved' ? 'moved away already' : 'already migrating'}`, { step: 'order' });
     }
+    // Moved on before its source committed, it would live twice should that source roll back.
+    const from = this.ctx.arrivingFrom(server);
+    if (from !== undefined) throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is still arriving from ${from}`, { step: 'order' });
     const id = randomBytes(8).toString('hex');
     const dir = join(this.ctx.spool, 'leaving', id);
     const figures: Breakdown = {
@@ -235,8 +240,9 @@ export class Coordinator {
     const wanted = new Set(lacking);
     const total = manifest.entries.reduce((sum, e) => sum + (isFileEntry(e) && wanted.delete(e.hash) ? e.size : 0), 0);
     move.progress.begin('prepare', total);
+    const blob = this.paced(move, 'blob');
     return sendBlobs(root, manifest, lacking, async (pieces) => {
-      await this.call(move, 'blob', [move.id, pieces]);
+      await blob([move.id, pieces]);
       move.progress.add(pieces.reduce((sum, [, , bytes]) => sum + bytes.length, 0));
     });
   }
@@ -274,11 +280,12 @@ export class Coordinator {
     move.step = 'copy';
     const started = performance.now();
     move.progress.begin('copy', move.figures.state_bytes);
+    const state = this.paced(move, 'state');
     await sendFile(move.statePath, async (offset, bytes, final) => {
       const fault = await failpoint('copy.send', this.ctx.log);
       if (fault === 'drop') move.link!.close();
       if (fault === 'corrupt') bytes[bytes.length >> 1] ^= 0xff;
-      await this.call(move, 'state', [move.id, offset, bytes, final]);
+      await state([move.id, offset, bytes, final]);
       move.progress.add(bytes.length);
     });
     move.figures.copy_ms += performance.now() - started;
@@ -339,6 +346,23 @@ export class Coordinator {
   private call(move: Move, method: string, params: unknown[], timeout = STEP_TIMEOUT_MS): Promise<unknown> {
     const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${timeout} ms`);
     return within(timeout, move.link!.call(method, params), late);
+  }
+
+  /**
+   * For calls sent in a window (pieces of the program or the state): each has the step time-out
+   * from the answer to the one before it, not from its send. Queued behind the others on a slow
+   * link, a piece would otherwise time out while the destination answers every piece it gets.
+   */
+  private paced(move: Move, method: string): (params: unknown[]) => Promise<unknown> {
+    const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${STEP_TIMEOUT_MS} ms`);
+    let previous: Promise<unknown> = Promise.resolve();
+    return (params) => {
+      const answer = move.link!.call(method, params);
+      answer.catch(() => undefined); // handled once its turn comes
+      const turn = previous.then(() => within(STEP_TIMEOUT_MS, answer, late));
+      previous = turn.catch(() => undefined);
+      return turn;
+    };
   }
 }
 

@@ -8,11 +8,11 @@
 // are in recovery.test.ts.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import type { Failpoint } from '../runtime/failpoints.js';
-import { breakdown, Cluster, COUNTER, startedBy, type Restartable } from './helpers/cluster.js';
+import { breakdown, Cluster, COUNTER, frozen, startedBy, type Restartable } from './helpers/cluster.js';
 import type { CliResult, DaemonProcess } from './helpers/daemon.js';
 import { isAlive, stop, waitFor } from './helpers/process.js';
 
@@ -88,15 +88,6 @@ function load(client: Client<Counter>): { stop(): Promise<{ acked: number; faile
   };
 }
 
-/** True once the process is stopped (state T in /proc/PID/stat). */
-function frozen(pid: number): boolean {
-  try {
-    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').startsWith('T');
-  } catch {
-    return false;
-  }
-}
-
 function empty(dir: string): boolean {
   return !existsSync(dir) || readdirSync(dir).length === 0;
 }
@@ -134,7 +125,7 @@ CELLS.forEach((cell, index) => {
       if (action === 'stop') {
         // The frozen process, found once the failpoint stopped it; continued once the others gave up.
         const pidOf = (): number | undefined => ({
-          'source daemon': a.pid, 'source server': server.pid, 'destination daemon': b.pid, 'destination server': startedBy(b).find(frozen),
+          'source daemon': a.pid, 'source server': server.pid, 'destination daemon': b.pid, 'destination server': startedBy(b.address).find(frozen),
         })[party];
         assert.ok(await waitFor(() => { const pid = pidOf(); return pid !== undefined && frozen(pid); }, 15_000), `${party} froze at ${point}`);
         const pid = pidOf()!;
@@ -152,7 +143,7 @@ CELLS.forEach((cell, index) => {
       // Exactly one host serves: the expected one (a restarted destination may hold its server until the source confirms).
       const [here, there] = owner === 'source' ? [a, b] : [b, a];
       await cluster.serving(here, name, 10_000);
-      assert.ok(await waitFor(() => startedBy(b).length === (owner === 'destination' ? 1 : 0), 10_000), `processes the move started on the destination: ${startedBy(b)}`);
+      assert.ok(await waitFor(() => startedBy(b.address).length === (owner === 'destination' ? 1 : 0), 10_000), `processes the move started on the destination: ${startedBy(b.address)}`);
       assert.is(await servingOn(there, name), undefined, `only the ${owner} serves`);
 
       if (cell.log) {

@@ -1,5 +1,6 @@
 // Test hosts as network namespaces: a server on host A answers a client on host B, is unreachable
-// from the root namespace, vanishes behind a cut, returns on heal, and leaves nothing behind.
+// from the root namespace, vanishes behind a cut, returns on heal, slows down and loses packets
+// under netem (delay, loss, a rate; without sch_netem), and leaves nothing behind.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync, type ChildProcess } from 'node:child_process';
@@ -11,9 +12,10 @@ const SERVER = `const net = require('node:net');
 const server = net.createServer((c) => { c.setNoDelay(true); c.on('data', (d) => c.write(d)); });
 server.listen(0, process.argv[1], () => console.log(JSON.stringify({ pid: process.pid, port: server.address().port })));`;
 
-// Connects, times `count` one-byte round trips, prints {rtts} or {error}; gives up after timeoutMs.
+// Connects, times `count` round trips of `size` bytes (each ends when all are echoed), prints
+// {rtts} or {error}; gives up after timeoutMs.
 const CLIENT = `const net = require('node:net');
-const [host, port, count, timeoutMs] = process.argv.slice(1);
+const [host, port, count, timeoutMs, size] = process.argv.slice(1);
 const done = (o) => { console.log(JSON.stringify(o)); process.exit(0); };
 setTimeout(() => done({ error: 'timeout' }), Number(timeoutMs));
 const c = net.connect({ host, port: Number(port) });
@@ -22,8 +24,11 @@ c.on('error', (e) => done({ error: e.code }));
 c.on('connect', () => {
   const rtts = [];
   let t0 = 0n;
-  const ping = () => { t0 = process.hrtime.bigint(); c.write('x'); };
-  c.on('data', () => {
+  let echoed = 0;
+  const ping = () => { t0 = process.hrtime.bigint(); echoed = 0; c.write(Buffer.alloc(Number(size), 120)); };
+  c.on('data', (d) => {
+    echoed += d.length;
+    if (echoed < Number(size)) return;
     rtts.push(Number(process.hrtime.bigint() - t0) / 1e6);
     if (rtts.length < Number(count)) ping(); else done({ rtts });
   });
@@ -54,8 +59,8 @@ function firstLine(child: ChildProcess, timeoutMs: number): Promise<string> {
   });
 }
 
-async function ping(from: string, count: number, timeoutMs: number): Promise<Reply> {
-  const args = ['-e', CLIENT, lab.host('a').address, String(serverInfo.port), String(count), String(timeoutMs)];
+async function ping(from: string, count: number, timeoutMs: number, size = 1): Promise<Reply> {
+  const args = ['-e', CLIENT, lab.host('a').address, String(serverInfo.port), String(count), String(timeoutMs), String(size)];
   const r = await lab.run(from, process.execPath, args, { timeoutMs: timeoutMs + 5_000 });
   assert.is(r.code, 0, `client failed: ${r.stderr}`);
   return JSON.parse(r.stdout) as Reply;
@@ -127,19 +132,43 @@ test('cut(A) makes B fail to connect within a bound; heal(A) restores it', async
   assert.is(healed.rtts?.length, 1, `after heal: ${JSON.stringify(healed)}`);
 });
 
-test('netem delay of 50 ms shows in the round trip to A (or netem says the kernel lacks it)', async () => {
-  const base = Math.min(...((await ping('b', 5, 5_000)).rtts ?? [Infinity]));
+const fastest = (reply: Reply): number => Math.min(...(reply.rtts ?? [Infinity]));
+
+/** Packets the host's loss rule dropped so far, from its iptables counters. */
+function dropped(host: string): number {
+  const out = spawnSync('ip', ['netns', 'exec', lab.host(host).ns, 'iptables', '-t', 'mangle', '-L', 'RPCMIG_NETEM', '-v', '-x', '-n'], { encoding: 'utf8', timeout: 5_000 }).stdout;
+  const rule = out.split('\n').find((line) => / DROP /.test(line) && line.includes('statistic'));
+  return Number(rule?.trim().split(/\s+/)[0] ?? -1);
+}
+
+test('netem delay: 50 ms on packets to A shows in the round trip, and clearNetem takes it away', async () => {
+  const base = fastest(await ping('b', 5, 5_000));
   assert.ok(base < 40, `baseline round trip ${base} ms`);
-  if (!lab.netemSupported) {
-    // A kernel without sch_netem cannot delay packets at all; the helper must say so plainly.
-    assert.throws(() => lab.netem('a', { delayMs: 50 }), /CONFIG_NET_SCH_NETEM/);
-    console.warn('netns.test: this kernel has no sch_netem; delay was not measured');
-    return;
-  }
-  lab.netem('a', { delayMs: 50 });
-  const delayed = Math.min(...((await ping('b', 5, 5_000)).rtts ?? [0]));
-  lab.clearNetem('a');
-  assert.ok(delayed >= 40, `delayed round trip ${delayed} ms`);
+  await lab.netem('a', { delayMs: 50 });
+  const delayed = fastest(await ping('b', 5, 5_000));
+  await lab.clearNetem('a');
+  assert.ok(delayed >= 45 && delayed < 1_000, `delayed round trip ${delayed} ms`);
+  const after = fastest(await ping('b', 5, 5_000));
+  assert.ok(after < 40, `round trip after clearNetem ${after} ms`);
+});
+
+test('netem loss: 20% of packets to A dropped, counted by the rule; TCP still gets every echo through', async () => {
+  await lab.netem('a', { lossPercent: 20 });
+  const lossy = await ping('b', 40, 20_000);
+  const drops = dropped('a');
+  await lab.clearNetem('a');
+  assert.is(lossy.rtts?.length, 40, `every round trip completes: ${JSON.stringify(lossy)}`);
+  assert.ok(drops > 0, `the loss rule dropped ${drops} packets`);
+  assert.is(dropped('a'), -1, 'clearNetem removed the rule');
+});
+
+test('netem rate: at 1 Mbit a 200 KB echo from A takes over a second (about 1.6 s); unshaped, far less', async () => {
+  const base = fastest(await ping('b', 1, 10_000, 200_000));
+  await lab.netem('a', { rateKbit: 1000 });
+  const slow = fastest(await ping('b', 1, 20_000, 200_000));
+  await lab.clearNetem('a');
+  assert.ok(base < 1_000, `unshaped: ${base} ms`);
+  assert.ok(slow >= 1_200 && slow < 15_000, `at 1 Mbit: ${slow} ms`);
 });
 
 test('destroy() ends host processes and leaves no namespace or link of ours; twice is fine', async () => {

@@ -56,7 +56,7 @@ async function refusal(call: Promise<unknown>): Promise<RpcmigError> {
 
 /** No process was started for a move, and no server of that name registered. */
 async function nothingRuns(name: string): Promise<void> {
-  assert.ok(await waitFor(() => startedBy(dst).length === 0, 5000), `processes the daemon started: ${startedBy(dst)}`);
+  assert.ok(await waitFor(() => startedBy(dst.address).length === 0, 5000), `processes the daemon started: ${startedBy(dst.address)}`);
   const { servers } = (await link.call('ls', [])) as { servers: Array<{ name: string }> };
   assert.equal(servers.filter((s) => s.name === name), [], `${name} is not registered`);
 }

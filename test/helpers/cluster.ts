@@ -119,17 +119,8 @@ export class Cluster {
   }
 }
 
-/** Parses `rpcmig migrate --json` output, failing with its stderr. */
-export function breakdown(result: CliResult): Record<string, number | string> {
-  if (result.code !== 0) throw new Error(`migrate exited ${result.code}: ${result.stderr}`);
-  return JSON.parse(result.stdout) as Record<string, number | string>;
-}
-
-/**
- * Processes a daemon started for a move (its standbys and moved servers), found by their
- * environment: they name the daemon and carry the move's id.
- */
-export function startedBy(daemon: DaemonProcess): number[] {
+/** Processes the daemon at `address` started for a move (its standbys and moved servers), or for the move `id`, by their environment. */
+export function startedBy(address: string, id?: string): number[] {
   const pids: number[] = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
@@ -139,8 +130,23 @@ export function startedBy(daemon: DaemonProcess): number[] {
     } catch {
       continue;
     }
-    const moved = environ.some((v) => v.startsWith('RPCMIG_ARRIVAL=') || v.startsWith('RPCMIG_STANDBY='));
-    if (moved && environ.includes(`RPCMIG_DAEMON=${daemon.address}`)) pids.push(Number(entry));
+    const moved = environ.some((v) => v.startsWith(`RPCMIG_ARRIVAL=${id ?? ''}`) || v.startsWith(`RPCMIG_STANDBY=${id ?? ''}`));
+    if (moved && environ.includes(`RPCMIG_DAEMON=${address}`)) pids.push(Number(entry));
   }
   return pids;
+}
+
+/** True once the process is stopped (state T in /proc/PID/stat). */
+export function frozen(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /s, '').startsWith('T');
+  } catch {
+    return false;
+  }
+}
+
+/** Parses `rpcmig migrate --json` output, failing with its stderr. */
+export function breakdown(result: CliResult): Record<string, number | string> {
+  if (result.code !== 0) throw new Error(`migrate exited ${result.code}: ${result.stderr}`);
+  return JSON.parse(result.stdout) as Record<string, number | string>;
 }

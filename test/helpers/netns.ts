@@ -1,26 +1,28 @@
 // Test hosts as Linux network namespaces: each host is a namespace with its own address on a
 // private bridge, so end-to-end tests run daemons, servers and clients as if on separate machines.
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { shape, type NetemSpec, type Shaping } from './shaping.js';
+import { sh, succeeds } from './system.js';
+
+export { firstMatch } from './system.js';
+export type { NetemSpec } from './shaping.js';
 
 export interface Host { name: string; ns: string; address: string }
 export interface RunResult { code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }
-/** Applied to packets delivered to the host (one way), so a round trip through it gains delayMs once. */
-export interface NetemSpec { delayMs?: number; jitterMs?: number; lossPercent?: number; rateKbit?: number }
 /** subnet: first three octets of the hosts' /24; it exists only inside these namespaces. */
 export interface HostsOptions { subnet?: string }
 export interface Hosts {
   readonly hosts: Host[];
   /** Namespace holding the bridge; also the common prefix of every namespace this run made. */
   readonly prefix: string;
-  /** False on kernels built without sch_netem (CONFIG_NET_SCH_NETEM); netem() then throws. */
-  readonly netemSupported: boolean;
   host(name: string): Host;
   exec(host: string, cmd: string, args?: string[], options?: SpawnOptions): ChildProcess;
   run(host: string, cmd: string, args?: string[], options?: { timeoutMs?: number; input?: string }): Promise<RunResult>;
   cut(host: string): void;
   heal(host: string): void;
-  netem(host: string, spec: NetemSpec): void;
-  clearNetem(host: string): void;
+  /** Delay, loss and a rate on packets delivered to the host (shaping.ts says how, without sch_netem). */
+  netem(host: string, spec: NetemSpec): Promise<void>;
+  clearNetem(host: string): Promise<void>;
   destroy(): Promise<void>;
 }
 
@@ -32,21 +34,6 @@ const OURS = /^rpcmig-(\d+)-\d+(-[a-z0-9]+)?$/;
 
 let created = 0;
 const live = new Set<Lab>();
-
-/** Runs a system command to completion, bounded in time; failures name the command and its stderr. */
-function sh(file: string, args: string[]): string {
-  const r = spawnSync(file, args, { encoding: 'utf8', timeout: COMMAND_TIMEOUT_MS, stdio: ['ignore', 'pipe', 'pipe'] });
-  if (r.error !== undefined || r.status !== 0) {
-    const why = r.error?.message ?? (r.signal !== null ? `killed by ${r.signal}` : `exit ${r.status}`);
-    throw new Error(`\`${file} ${args.join(' ')}\` failed (${why}): ${(r.stderr ?? '').trim()}`);
-  }
-  return r.stdout;
-}
-
-/** For probes and cleanup, where failure is an answer (or the thing is already gone). */
-function succeeds(file: string, args: string[]): boolean {
-  return spawnSync(file, args, { timeout: COMMAND_TIMEOUT_MS, stdio: 'ignore' }).status === 0;
-}
 
 export function canUseNetns(): boolean {
   return process.getuid?.() === 0 && succeeds('ip', ['netns', 'list']);
@@ -88,9 +75,9 @@ export function sweepStale(): void {
 
 class Lab implements Hosts {
   readonly hosts: Host[] = [];
-  netemSupported = false;
   private readonly made: string[] = [];
   private readonly children = new Set<ChildProcess>();
+  private readonly shaped = new Map<string, Shaping>();
   private destroyed = false;
 
   constructor(readonly prefix: string) {}
@@ -103,7 +90,6 @@ class Lab implements Hosts {
     this.ip(this.prefix, 'link', 'add', 'br0', 'type', 'bridge', 'forward_delay', '0', 'stp_state', '0');
     this.ip(this.prefix, 'link', 'set', 'br0', 'up');
     names.forEach((name, i) => this.addHost(name, i, subnet));
-    this.netemSupported = this.probeNetem();
   }
 
   private addNamespace(ns: string): void {
@@ -121,12 +107,6 @@ class Lab implements Hosts {
     this.ip(host.ns, 'addr', 'add', `${host.address}/24`, 'dev', 'eth0');
     this.ip(host.ns, 'link', 'set', 'eth0', 'up');
     this.hosts.push(host);
-  }
-
-  private probeNetem(): boolean {
-    const qdisc = ['-n', this.prefix, 'qdisc'];
-    return succeeds('tc', [...qdisc, 'add', 'dev', 'lo', 'root', 'netem', 'delay', '1ms'])
-      && succeeds('tc', [...qdisc, 'del', 'dev', 'lo', 'root']);
   }
 
   private ip(ns: string, ...args: string[]): void {
@@ -176,17 +156,15 @@ class Lab implements Hosts {
     this.ip(this.prefix, 'link', 'set', this.portOf(host), 'up');
   }
 
-  netem(host: string, spec: NetemSpec): void {
-    if (!this.netemSupported) {
-      throw new Error('netem needs a kernel with sch_netem (CONFIG_NET_SCH_NETEM); this one has none, '
-        + '`tc qdisc add ... netem` answers "Specified qdisc kind is unknown"');
-    }
-    sh('tc', ['-n', this.prefix, 'qdisc', 'replace', 'dev', this.portOf(host), 'root', 'netem', ...netemArgs(spec)]);
+  async netem(host: string, spec: NetemSpec): Promise<void> {
+    await this.clearNetem(host);
+    const link = { hostNs: this.host(host).ns, switchNs: this.prefix, port: this.portOf(host) };
+    this.shaped.set(host, await shape(link, spec, (cmd, args) => this.exec(host, cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] })));
   }
 
-  clearNetem(host: string): void {
-    // Deleting the root qdisc when none was added fails; "cleared" is the wanted state either way.
-    succeeds('tc', ['-n', this.prefix, 'qdisc', 'del', 'dev', this.portOf(host), 'root']);
+  async clearNetem(host: string): Promise<void> {
+    await this.shaped.get(host)?.clear();
+    this.shaped.delete(host);
   }
 
   private portOf(host: string): string {
@@ -223,15 +201,6 @@ class Lab implements Hosts {
 }
 
 const port = (index: number): string => `p${index}`;
-
-function netemArgs(spec: NetemSpec): string[] {
-  const args: string[] = [];
-  if (spec.delayMs !== undefined) args.push('delay', `${spec.delayMs}ms`, ...(spec.jitterMs !== undefined ? [`${spec.jitterMs}ms`] : []));
-  if (spec.lossPercent !== undefined) args.push('loss', `${spec.lossPercent}%`);
-  if (spec.rateKbit !== undefined) args.push('rate', `${spec.rateKbit}kbit`);
-  if (args.length === 0) throw new Error('netem spec is empty; use clearNetem to remove shaping');
-  return args;
-}
 
 function killPid(child: ChildProcess): void {
   if (child.pid !== undefined && child.exitCode === null && child.signalCode === null) kill(child.pid);
@@ -277,21 +246,4 @@ export async function createHosts(names: string[], options: HostsOptions = {}): 
     throw e;
   }
   return lab;
-}
-
-/** The first capture group of `pattern` in a host process's stdout; rejects on exit or after `timeoutMs`. */
-export function firstMatch(child: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`no ${pattern} within ${timeoutMs} ms: ${out}`)), timeoutMs);
-    child.stdout?.setEncoding('utf8').on('data', (text: string) => {
-      out += text;
-      const match = pattern.exec(out);
-      if (match) {
-        clearTimeout(timer);
-        resolve(match[1]);
-      }
-    });
-    child.once('exit', (code) => reject(new Error(`exited (${code}) before ${pattern}: ${out}`)));
-  });
 }
