@@ -1,5 +1,10 @@
 // The destination's program cache (DESIGN §3 steps 2 and 5): files stored by SHA-256 under
 // `<spool>/blobs/`, each verified before it becomes visible and whole even after a crash.
+// Creating a file is the cost of a first move here: on ext4 without a journal, each new inode
+// is found by skipping every inode freed in the last minutes (`recently_deleted`), up to a
+// millisecond of kernel time on a host that deletes many files. So the store makes no more
+// inodes than the blobs themselves (one flat directory, no fan-out directories), and writes
+// them from several temporary directories, since creations in one directory take turns.
 import { createHash, randomBytes, type Hash } from 'node:crypto';
 import { constants, createReadStream, lstatSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
@@ -16,6 +21,8 @@ const HASH = /^[0-9a-f]{64}$/;
 const SEALED_MTIME = 0;
 // Blobs checked between two yields to the event loop (~2 ms).
 const STAT_SLICE = 256;
+// Temporary directories, written round-robin: as many as the thread pool has threads.
+const TMP_DIRS = 4;
 // Blobs become visible before their data is on disk: one fsync per blob (a journal commit on
 // ext4) capped a 1,000-file copy at ~25 MB/s. While any blob may be unsynced, this marker holds
 // the boot id; a store opened after a reboot that left it re-hashes its blobs (see `recover`).
@@ -33,7 +40,6 @@ export function refuseBlob(hash: string, reason: string): RpcmigError {
 }
 
 export class BlobStore {
-  private readonly fanout = new Set<string>();
   /** Blobs installed since the last checkpoint, whose data may not be on disk yet. */
   private readonly unsynced = new Set<string>();
   /** Bumped by every install, so that a checkpoint knows whether it covered everything. */
@@ -42,14 +48,16 @@ export class BlobStore {
   /** Marker changes, one at a time: it must exist, durably, before an unsynced blob is renamed. */
   private marker: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
+  private temporaries = 0;
 
   private constructor(readonly dir: string) {}
 
   /** Opens `<spool>/blobs/`, discarding temporary files a crash left behind. */
   static async open(spool: string): Promise<BlobStore> {
     const store = new BlobStore(join(spool, 'blobs'));
-    await rm(store.tmpDir(), { recursive: true, force: true });
-    await mkdir(store.tmpDir(), { recursive: true });
+    const tmp = join(store.dir, 'tmp');
+    await rm(tmp, { recursive: true, force: true });
+    for (let n = 0; n < TMP_DIRS; n++) await mkdir(join(tmp, String(n)), { recursive: true });
     await store.recover();
     return store;
   }
@@ -57,7 +65,7 @@ export class BlobStore {
   /** Where the blob lives; the hash is checked first because it becomes part of a path. */
   path(hash: string): string {
     if (!HASH.test(hash)) throw refuseBlob(hash, 'not 64 lowercase hex digits');
-    return join(this.dir, hash.slice(0, 2), hash);
+    return join(this.dir, hash);
   }
 
   /** Whether the blob is stored, sealed and of `size`; a blob changed since is removed. */
@@ -98,8 +106,9 @@ export class BlobStore {
     }
   }
 
-  tmpDir(): string {
-    return join(this.dir, 'tmp');
+  /** A fresh temporary name for the blob, in the next temporary directory. */
+  temporary(hash: string): string {
+    return join(this.dir, 'tmp', String(this.temporaries++ % TMP_DIRS), `${hash}.${randomBytes(6).toString('hex')}`);
   }
 
   /** Makes a verified temporary file visible as the blob: the rename is the commit point. */
@@ -107,11 +116,6 @@ export class BlobStore {
     this.unsynced.add(hash);
     this.installs++;
     if (!this.marked) await this.mark();
-    const fanout = join(this.dir, hash.slice(0, 2));
-    if (!this.fanout.has(fanout)) {
-      await mkdir(fanout, { recursive: true });
-      this.fanout.add(fanout);
-    }
     // No fsync of the directory: a blob lost to a crash is only a cache miss, asked for again.
     await rename(tmp, this.path(hash));
     this.schedule();
@@ -186,12 +190,7 @@ export class BlobStore {
   }
 
   private async list(): Promise<string[]> {
-    const hashes: string[] = [];
-    for (const fanout of await readdir(this.dir)) {
-      if (!/^[0-9a-f]{2}$/.test(fanout)) continue;
-      for (const name of await readdir(join(this.dir, fanout))) if (HASH.test(name) && name.startsWith(fanout)) hashes.push(name);
-    }
-    return hashes;
+    return (await readdir(this.dir)).filter((name) => HASH.test(name));
   }
 }
 
@@ -235,7 +234,7 @@ export class BlobWriter {
 
   static async open(store: BlobStore, hash: string, maxBytes: number): Promise<BlobWriter> {
     store.path(hash);
-    const tmp = join(store.tmpDir(), `${hash}.${randomBytes(6).toString('hex')}`);
+    const tmp = store.temporary(hash);
     const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
     return new BlobWriter(store, hash, maxBytes, await open(tmp, flags, 0o444), tmp);
   }

@@ -117,8 +117,21 @@ class Meter {
 /** How many committed move ids are remembered, for destinations asking how a move ended. */
 const COMMITTED_KEPT = 1024;
 
+/** What `prepare` sends besides the program's id and manifest. */
+interface Shipment {
+  id: string;
+  name: string;
+  source: string;
+  entry: string;
+  argv: string[];
+  execArgv: string[];
+  cwd: string;
+}
+
 export class Coordinator {
   private readonly moves = new Map<Server, Move>();
+  /** The id of each program root's manifest when this daemon last walked it. */
+  private readonly programs = new Map<string, string>();
   /** Moves this daemon committed, newest last (the forwarding entries keep them across restarts). */
   private readonly committed = new Set<string>();
 
@@ -206,34 +219,68 @@ export class Coordinator {
 
   /**
    * Step 2: the destination gets the program's manifest and the blobs it lacks, and starts
-   * the program's standby, so that Node's start-up overlaps the quiesce.
+   * the program's standby, so that Node's start-up overlaps the quiesce. The walk of the
+   * program's tree starts at once; for a program this daemon shipped before, the id it had
+   * goes out without waiting for the walk, and the standby starts while the walk confirms it.
    */
   private async prepare(move: Move): Promise<void> {
     move.step = 'prepare';
-    const link = await openDaemon(move.to, this.ctx.key, { timeout: STEP_TIMEOUT_MS });
-    move.link = link;
+    const root = await realpath(move.server.root);
+    const guess = this.programs.get(root);
+    const walked = buildManifest(root, { exclude: [this.ctx.spool] }).then((manifest) => {
+      const id = manifestId(manifest);
+      this.programs.set(root, id);
+      return { manifest, id };
+    });
+    // Awaited below; until then a refusal must not count as unhandled.
+    walked.catch(() => undefined);
+    await this.greet(move);
+    const shipment = await this.shipment(move, root);
+    if (guess !== undefined && (await this.offer(move, { ...shipment, program: guess }))) {
+      const [{ id }] = await Promise.all([walked, this.call(move, 'prestart', [move.id], START_TIMEOUT_MS)]);
+      if (id === guess) return;
+      // The tree changed since its last move: what the destination prepared is of the old program.
+      await this.call(move, 'abort', [move.id, 'the program changed since its last move']);
+      this.ctx.log(`migration ${move.id}: ${move.server.name}'s program changed since its last move; shipping it again`);
+    }
+    const { manifest, id } = await walked;
+    // A right guess that the destination did not know needs no second asking.
+    if (id === guess || !(await this.offer(move, { ...shipment, program: id }))) {
+      const started = performance.now();
+      const { lacking } = (await this.call(move, 'prepare', [{ ...shipment, program: id, manifest }])) as { lacking: string[] };
+      move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking);
+      move.figures.copy_ms += performance.now() - started;
+    }
+    await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);
+  }
+
+  /** Connects to the destination, which must be another daemon than this one. */
+  private async greet(move: Move): Promise<void> {
+    move.link = await openDaemon(move.to, this.ctx.key, { timeout: STEP_TIMEOUT_MS });
     const hello = (await this.call(move, 'hello', [])) as { id?: unknown };
     if (hello?.id === this.ctx.daemonId) {
       move.step = 'order';
       throw new Error(`${move.server.name} already lives on the daemon at ${move.to}`);
     }
+  }
+
+  /** What the destination is told of the program, besides its content. */
+  private async shipment(move: Move, root: string): Promise<Shipment> {
     const { server } = move;
-    const root = await realpath(server.root);
-    const manifest = await buildManifest(root, { exclude: [this.ctx.spool] });
     const entry = relative(root, await realpath(server.entry));
     const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
-    const shipment = {
-      id: move.id, name: server.name, source: this.ctx.advertised, program: manifestId(manifest), entry, argv: server.argv, execArgv: server.execArgv ?? [],
+    return {
+      id: move.id, name: server.name, source: this.ctx.advertised, entry, argv: server.argv, execArgv: server.execArgv ?? [],
       cwd: cwd.startsWith('..') ? '' : cwd,
     };
+  }
+
+  /** The program's id alone: true when the destination has its tree, and the manifest need not travel. */
+  private async offer(move: Move, shipment: Shipment & { program: string }): Promise<boolean> {
     const started = performance.now();
-    // The program's id first: a destination that has it needs no manifest and no blob.
-    let answer = (await this.call(move, 'prepare', [shipment])) as { known?: boolean; lacking: string[] };
-    if (!answer.known) answer = (await this.call(move, 'prepare', [{ ...shipment, manifest }])) as { lacking: string[] };
-    const { lacking } = answer;
-    move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking);
+    const { known } = (await this.call(move, 'prepare', [shipment])) as { known?: boolean };
     move.figures.copy_ms += performance.now() - started;
-    await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);
+    return known === true;
   }
 
   private ship(move: Move, root: string, manifest: Manifest, lacking: string[]): Promise<number> {

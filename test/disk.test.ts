@@ -43,7 +43,7 @@ test('ENOSPC at the destination mid-copy rolls the move back; a retry elsewhere 
   const spool = join(tiny, 'spool');
   const arriving = join(spool, 'arriving');
   assert.equal(existsSync(arriving) ? readdirSync(arriving) : [], [], 'nothing of the move is left at the destination');
-  assert.equal(readdirSync(join(spool, 'blobs', 'tmp')), [], 'no half-written blob is left');
+  assert.equal(readdirSync(join(spool, 'blobs', 'tmp'), { recursive: true, withFileTypes: true }).filter((e) => !e.isDirectory()), [], 'no half-written blob is left');
   const roomy = await cluster.daemon();
   breakdown(await cluster.migrate('cramped', a, roomy, ['--grace', '0.2']));
   assert.is(await client.get(), 2);

@@ -215,6 +215,27 @@ test('the second move of the same program to a host sends no program bytes', asy
   assert.ok((first.program_bytes_sent as number) >= 0);
 });
 
+test('a program changed since its last move is shipped again; the standby started for the old one is ended', async () => {
+  const program = join(cluster.dir, 'changing-program');
+  cpSync(join(ROOT, 'fixtures'), program, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) });
+  const server = join(program, 'dist', 'counter', 'server.js');
+  await cluster.server(server, a, ['--name', 'unchanged']);
+  breakdown(await cluster.migrate('unchanged', a, b, ['--grace', '0.2']));
+  const pkg = join(program, 'package.json');
+  writeFileSync(pkg, JSON.stringify({ ...JSON.parse(readFileSync(pkg, 'utf8')), description: 'changed' }));
+  await cluster.server(server, a, ['--name', 'changed']);
+  const moved = breakdown(await cluster.migrate('changed', a, b, ['--grace', '0.2']));
+  assert.is(moved.program_bytes_sent, readFileSync(pkg).length, 'the changed file, and only it, travelled');
+  assert.match(b.stderr(), /aborted \(the program changed since its last move\)/);
+  const standbys = [...b.stderr().matchAll(/standby for changed pid (\d+)/g)].map((match) => Number(match[1]));
+  assert.is(standbys.length, 2, b.stderr());
+  assert.ok(await waitFor(() => !isAlive(standbys[0])), 'the standby of the old program was ended');
+  const client = await connect<Counter>('changed', { daemon: b.address, keyFile: cluster.key.file });
+  clients.push(client);
+  assert.is(await client.incr(1), 1);
+  assert.is((await client.where()).pid, standbys[1]);
+});
+
 test('the destination runs a standby ahead of the state; a program without one is started cold', async () => {
   const { name, client } = await counterOn(a);
   await client.incr(1);
