@@ -58,8 +58,19 @@ export class BlobStore {
     const tmp = join(store.dir, 'tmp');
     await rm(tmp, { recursive: true, force: true });
     for (let n = 0; n < TMP_DIRS; n++) await mkdir(join(tmp, String(n)), { recursive: true });
+    await store.dropFanOut();
     await store.recover();
     return store;
+  }
+
+  /**
+   * Blobs were once kept in directories named by their hashes' first two digits: a spool of
+   * that layout is emptied of them (they would never be found again), not left to fill the disk.
+   */
+  private async dropFanOut(): Promise<void> {
+    for (const entry of await readdir(this.dir, { withFileTypes: true })) {
+      if (entry.isDirectory() && /^[0-9a-f]{2}$/.test(entry.name)) await rm(join(this.dir, entry.name), { recursive: true, force: true });
+    }
   }
 
   /** Where the blob lives; the hash is checked first because it becomes part of a path. */

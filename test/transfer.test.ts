@@ -286,6 +286,17 @@ test('pieces of one blob in one batch must be in order', async () => {
   assert.equal(filesIn(join(spool, 'blobs')), []);
 });
 
+test('a spool of the older layout, blobs under two-digit directories, is emptied of them when opened', async () => {
+  const spool = freshDir();
+  const old = join(spool, 'blobs', sha('old').slice(0, 2));
+  mkdirSync(old, { recursive: true });
+  writeFileSync(join(old, sha('old')), 'old');
+  const store = await BlobStore.open(spool);
+  assert.not.ok(lstatSync(old, { throwIfNoEntry: false }), 'the old directory is gone');
+  await store.put(sha('new'), Buffer.from('new'));
+  assert.ok(await store.has(sha('new')));
+});
+
 const MARKER = 'unsynced';
 const bootId = (): string => readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
 
