@@ -159,6 +159,9 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   migration.enter({ name: 'quiescing', order, since });
   await failpoint('quiesce.before', log);
   await server.whenIdle();
+  // The daemon may have given up on this move meanwhile (its abort came first): no snapshot then.
+  const now = migration.phase as Phase;
+  if (now.name !== 'quiescing' || now.order.id !== order.id) return log(`migration ${order.id} ended before its snapshot`);
   const quiesced = performance.now();
   let report: SnapshotReport;
   try {
