@@ -17,6 +17,7 @@ import { writeOrder } from './recover.js';
 import type { Names, Server } from './names.js';
 import { buildManifest, manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
+import { Meter, type Progress } from './progress.js';
 
 export interface SourceContext {
   key: Buffer;
@@ -35,14 +36,6 @@ export interface MigrateRequest {
   name: string;
   to: string;
   graceMs: number;
-}
-
-/** What the CLI is told while a copy runs longer than PROGRESS_AFTER_MS. */
-export interface Progress {
-  step: Step;
-  sent: number;
-  total: number;
-  elapsed_ms: number;
 }
 
 /** DESIGN §7: what `rpcmig migrate` reports. */
@@ -100,32 +93,6 @@ const START_TIMEOUT_MS = (Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000)
  * otherwise hold the server's calls and the operator's `rpcmig migrate` forever.
  */
 const STALL_MS = Math.max(QUIESCE_TIMEOUT_MS, START_TIMEOUT_MS) + STEP_TIMEOUT_MS;
-const PROGRESS_AFTER_MS = process.env.RPCMIG_PROGRESS_AFTER_MS === undefined ? 1000 : Number(process.env.RPCMIG_PROGRESS_AFTER_MS);
-const PROGRESS_EVERY_MS = 100;
-
-/** Counts the bytes of one copy and reports them, at most every PROGRESS_EVERY_MS, once it runs long. */
-class Meter {
-  private step: Step = 'copy';
-  private sent = 0;
-  private total = 0;
-  private started = 0;
-  private last = 0;
-
-  constructor(private readonly report: (progress: Progress) => void) {}
-
-  begin(step: Step, total: number): void {
-    Object.assign(this, { step, total, sent: 0, started: performance.now(), last: 0 });
-  }
-
-  add(bytes: number): void {
-    this.sent += bytes;
-    const now = performance.now();
-    if (now - this.started < PROGRESS_AFTER_MS || now - this.last < PROGRESS_EVERY_MS) return;
-    this.last = now;
-    this.report({ step: this.step, sent: this.sent, total: this.total, elapsed_ms: now - this.started });
-  }
-}
-
 /** How many committed move ids are remembered, for destinations asking how a move ended. */
 const COMMITTED_KEPT = 1024;
 
