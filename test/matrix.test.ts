@@ -273,6 +273,10 @@ async function runCell(cell: Cell, index: number): Promise<void> {
     const [from, to] = owner === 'source' ? [hosts.a, hosts.b] : [hosts.b, hosts.a];
     breakdown(await cluster.migrate(name, from, to, ['--grace', '0.2']));
     assert.is(await client.incr(1), 6 + acked, 'a retry without the fault moves it');
+  } catch (error) {
+    // What the daemons did tells why a cell failed.
+    if (error instanceof Error) error.message += `\nsource daemon:\n${hosts.a.stderr()}\ndestination daemon:\n${hosts.b.stderr()}`;
+    throw error;
   } finally {
     await client.close();
     await cluster.end([hosts.a, hosts.b]);
