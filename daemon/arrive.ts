@@ -231,6 +231,8 @@ export class Arrivals {
   async start(id: unknown): Promise<Arrived & { pid: number }> {
     const arrival = this.receiving(id);
     if (!arrival.state.complete) throw refuseMigration('the state file has not arrived whole');
+    await failpoint('arrive.start.before', this.ctx.log);
+    if (this.arrivals.get(arrival.id) !== arrival) throw refuseMigration(`migration ${arrival.id} was aborted before its start`);
     arrival.phase = 'starting';
     const registered = new Promise<Arrived>((resolve) => this.awaited.set(arrival.name, { pid: 0, registered: resolve }));
     let started: Launched | undefined;
@@ -300,6 +302,7 @@ export class Arrivals {
     if (arrival?.phase !== 'started') throw refuseMigration(`no started migration ${JSON.stringify(id)} here`);
     await failpoint('arrive.commit.before', this.ctx.log);
     this.arrivals.delete(arrival.id);
+    await failpoint('arrive.cleanup.before', this.ctx.log);
     await rm(arrival.dir, { recursive: true, force: true });
     this.ctx.log(`migration ${arrival.id}: ${arrival.name} committed`);
   }

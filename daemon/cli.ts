@@ -12,7 +12,7 @@ import { DEFAULT_DAEMON_PORT, formatAddress, loadKey, openDaemon, parseAddress, 
 import { RpcmigError, type ErrorCode } from '../runtime/errors.js';
 import { startDaemon } from './daemon.js';
 import { breakdownTable, checkBreakdown, checkListing, JSON_RULE, listingTable, toJson } from './output.js';
-import type { Progress } from './migrate.js';
+import type { Progress } from './progress.js';
 import { EXIT, USAGE } from './usage.js';
 
 type Values = Record<string, string | boolean | undefined>;

@@ -120,6 +120,8 @@ class NameDaemon implements Daemon {
   /** Open connections by peer host, for the per-peer limit. */
   private readonly perHost = new Map<string, number>();
   private readonly sweeper: NodeJS.Timeout;
+  /** Settles once `init` has read what a previous run left. */
+  private loaded: Promise<void> = Promise.resolve();
   private readonly methods: Record<string, Method> = {
     hello: () => ({ id: this.id, address: this.advertised }),
     register: (peer, [registration]) => this.register(peer, registration),
@@ -171,9 +173,12 @@ class NameDaemon implements Daemon {
   }
 
   /** What a previous run left under way is read before the first server registers. */
-  async init(): Promise<void> {
-    await this.recovery.loadUnresolved();
-    await this.arrivals.loadUnsettled();
+  init(): Promise<void> {
+    this.loaded = (async () => {
+      await this.recovery.loadUnresolved();
+      await this.arrivals.loadUnsettled();
+    })();
+    return this.loaded;
   }
 
   async close(): Promise<void> {
@@ -185,6 +190,9 @@ class NameDaemon implements Daemon {
 
   private async accept(socket: Socket): Promise<void> {
     socket.on('error', () => undefined); // a reset peer still emits 'close', handled below
+    // Nothing is read before `init`: a server registering again must find the moves it is in.
+    await this.loaded;
+    if (socket.destroyed) return;
     const host = socket.remoteAddress ?? '?';
     const peer = { socket, label: formatAddress({ host, port: socket.remotePort ?? 0 }) };
     const open = this.perHost.get(host) ?? 0;

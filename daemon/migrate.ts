@@ -11,12 +11,13 @@ import { RpcmigError } from '../runtime/errors.js';
 import type { Order, SnapshotReport } from '../runtime/migrating.js';
 import { WHEREIS } from '../runtime/server.js';
 import { deferred, type Deferred } from './deferred.js';
-import { failpoint } from '../runtime/failpoints.js';
+import { failpoint, type Failpoint } from '../runtime/failpoints.js';
 import type { Forwards } from './forwards.js';
 import { writeOrder } from './recover.js';
 import type { Names, Server } from './names.js';
 import { buildManifest, manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
+import { Meter, type Progress } from './progress.js';
 
 export interface SourceContext {
   key: Buffer;
@@ -37,14 +38,6 @@ export interface MigrateRequest {
   name: string;
   to: string;
   graceMs: number;
-}
-
-/** What the CLI is told while a copy runs longer than PROGRESS_AFTER_MS. */
-export interface Progress {
-  step: Step;
-  sent: number;
-  total: number;
-  elapsed_ms: number;
 }
 
 /** DESIGN §7: what `rpcmig migrate` reports. */
@@ -74,6 +67,14 @@ interface Move {
   statePath: string;
   step: Step;
   over: boolean;
+  /** Where the moved server serves, from the commit point on: the move is final. */
+  committed?: { address: string; epoch: number };
+  /** After the commit point: the forwarding entry is written, the destination told. */
+  forwarded?: boolean;
+  told?: boolean;
+  /** Rejects when the move makes no progress for STALL_MS (see `touch`). */
+  stalled: Deferred<never>;
+  watchdog?: NodeJS.Timeout;
   link?: DaemonLink;
   received: number;
   orderTaken?: number;
@@ -88,32 +89,12 @@ export const STEP_TIMEOUT_MS = Number(process.env.RPCMIG_STEP_TIMEOUT_MS) || 10_
 /** The longest call executing when the order comes is waited for this long. */
 const QUIESCE_TIMEOUT_MS = Number(process.env.RPCMIG_QUIESCE_TIMEOUT_MS) || 20_000;
 const START_TIMEOUT_MS = (Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000) + STEP_TIMEOUT_MS;
-const PROGRESS_AFTER_MS = process.env.RPCMIG_PROGRESS_AFTER_MS === undefined ? 1000 : Number(process.env.RPCMIG_PROGRESS_AFTER_MS);
-const PROGRESS_EVERY_MS = 100;
-
-/** Counts the bytes of one copy and reports them, at most every PROGRESS_EVERY_MS, once it runs long. */
-class Meter {
-  private step: Step = 'copy';
-  private sent = 0;
-  private total = 0;
-  private started = 0;
-  private last = 0;
-
-  constructor(private readonly report: (progress: Progress) => void) {}
-
-  begin(step: Step, total: number): void {
-    Object.assign(this, { step, total, sent: 0, started: performance.now(), last: 0 });
-  }
-
-  add(bytes: number): void {
-    this.sent += bytes;
-    const now = performance.now();
-    if (now - this.started < PROGRESS_AFTER_MS || now - this.last < PROGRESS_EVERY_MS) return;
-    this.last = now;
-    this.report({ step: this.step, sent: this.sent, total: this.total, elapsed_ms: now - this.started });
-  }
-}
-
+/**
+ * Every wait of a step is bounded by one of the time-outs above; a move that makes no progress
+ * for longer than the longest of them, plus a step, is stuck in this daemon itself — and would
+ * otherwise hold the server's calls and the operator's `rpcmig migrate` forever.
+ */
+const STALL_MS = Math.max(QUIESCE_TIMEOUT_MS, START_TIMEOUT_MS) + STEP_TIMEOUT_MS;
 /** How many committed move ids are remembered, for destinations asking how a move ended. */
 const COMMITTED_KEPT = 1024;
 
@@ -141,24 +122,61 @@ export class Coordinator {
   async migrate(request: MigrateRequest, report: (progress: Progress) => void = () => undefined): Promise<Breakdown> {
     const move = this.order(request, report);
     try {
-      await this.prepare(move);
-      await failpoint('prepare.after', this.ctx.log);
-      await this.signal(move);
-      await failpoint('signal.after', this.ctx.log);
-      await this.copy(move);
-      await failpoint('copy.after', this.ctx.log);
-      const arrived = await this.start(move);
-      await failpoint('start.after', this.ctx.log);
-      return await this.commit(move, arrived);
+      return await Promise.race([this.steps(move), move.stalled.promise]);
     } catch (error) {
+      // Past the commit point the move is final whatever failed: it is finished, not undone.
+      if (move.committed) return await this.finish(move);
       await this.abort(move, error);
       throw failure(move, error, this.ctx.advertised);
     } finally {
+      clearTimeout(move.watchdog);
       move.over = true;
       this.moves.delete(move.server);
       move.link?.close();
-      await rm(move.dir, { recursive: true, force: true });
+      // After the reply: the operator does not wait for the spool.
+      setImmediate(() => void this.cleanup(move).catch((error: Error) => this.ctx.log(`migration ${move.id}: cleanup failed: ${error.message}`)));
     }
+  }
+
+  private async steps(move: Move): Promise<Breakdown> {
+    await this.at(move, 'order.after');
+    await this.prepare(move);
+    await this.at(move, 'prepare.after');
+    await this.signal(move);
+    await this.at(move, 'signal.after');
+    await this.copy(move);
+    await this.at(move, 'copy.after');
+    const arrived = await this.start(move);
+    await this.at(move, 'start.after');
+    await this.commit(move, arrived);
+    return this.finish(move);
+  }
+
+  /** A failpoint between steps; a move that ended meanwhile (the watchdog gave up on it) goes no further. */
+  private async at(move: Move, point: Failpoint): Promise<void> {
+    await failpoint(point, this.ctx.log);
+    if (move.over) throw new Error(`the move ended while it was stuck at ${point}`);
+  }
+
+  /** Enters a step: progress, as far as the watchdog is concerned. */
+  private enter(move: Move, step: Step): void {
+    if (move.over) throw new Error(`the move ended before ${step}`);
+    move.step = step;
+    this.touch(move);
+  }
+
+  /** The move made progress: the watchdog starts again. */
+  private touch(move: Move): void {
+    clearTimeout(move.watchdog);
+    if (move.over) return;
+    const stuck = () => new Error(`the move made no progress for ${STALL_MS} ms`);
+    move.watchdog = setTimeout(() => move.stalled.reject(stuck()), STALL_MS);
+  }
+
+  /** Step 7 at the source: the move's order and state file go. */
+  private async cleanup(move: Move): Promise<void> {
+    await failpoint('cleanup.before', this.ctx.log);
+    await rm(move.dir, { recursive: true, force: true });
   }
 
   /** How the move `id` stands here: under way, or committed by this daemon process. */
@@ -209,8 +227,11 @@ export class Coordinator {
     };
     const move: Move = {
       id, server, to: request.to, graceMs: request.graceMs, dir, statePath: join(dir, 'state'),
-      step: 'order', over: false, received: performance.now(), snapshot: deferred(), figures, progress: new Meter(report),
+      step: 'order', over: false, received: performance.now(), snapshot: deferred(), stalled: deferred(), figures, progress: new Meter(report),
     };
+    // Nobody may be waiting on it when the move is over: its rejection is handled here.
+    move.stalled.promise.catch(() => undefined);
+    this.touch(move);
     this.moves.set(server, move);
     server.state = 'migrating';
     this.ctx.log(`migration ${id}: ${server.name} to ${request.to}: order`);
@@ -224,7 +245,7 @@ export class Coordinator {
    * goes out without waiting for the walk, and the standby starts while the walk confirms it.
    */
   private async prepare(move: Move): Promise<void> {
-    move.step = 'prepare';
+    this.enter(move, 'prepare');
     const root = await realpath(move.server.root);
     const guess = this.programs.get(root);
     const walked = buildManifest(root, { exclude: [this.ctx.spool] }).then((manifest) => {
@@ -296,7 +317,7 @@ export class Coordinator {
 
   /** Step 3: SIGUSR2; the server takes the order, quiesces, writes its snapshot and reports. */
   private async signal(move: Move): Promise<void> {
-    move.step = 'signal';
+    this.enter(move, 'signal');
     await mkdir(move.dir, { recursive: true, mode: 0o700 });
     // Written before the signal: a daemon that restarts mid-move knows whom to ask how it ended.
     writeOrder(move.dir, { id: move.id, name: move.server.name, to: move.to, graceMs: move.graceMs });
@@ -324,7 +345,7 @@ export class Coordinator {
 
   /** Step 5a: the state file to the destination. */
   private async copy(move: Move): Promise<void> {
-    move.step = 'copy';
+    this.enter(move, 'copy');
     const started = performance.now();
     move.progress.begin('copy', move.figures.state_bytes);
     const state = this.paced(move, 'state');
@@ -340,7 +361,7 @@ export class Coordinator {
 
   /** Step 5b: the destination starts the program, which restores and registers there. */
   private async start(move: Move): Promise<{ address: string; epoch: number }> {
-    move.step = 'start';
+    this.enter(move, 'start');
     const started = performance.now();
     const arrived = (await this.call(move, 'start', [move.id], START_TIMEOUT_MS)) as { address: string; epoch?: number };
     move.figures.start_ms = performance.now() - started;
@@ -349,33 +370,72 @@ export class Coordinator {
 
   /**
    * Step 6: the old server is told to answer MOVED (held calls first) for its grace period,
-   * which makes the move final; the forwarding entry follows, and the first reply from the new
-   * address ends the clock.
+   * which makes the move final; the forwarding entry follows, then the destination's word.
    */
-  private async commit(move: Move, { address, epoch }: { address: string; epoch: number }): Promise<Breakdown> {
-    move.step = 'commit';
+  private async commit(move: Move, arrived: { address: string; epoch: number }): Promise<void> {
+    this.enter(move, 'commit');
     const { server } = move;
-    await failpoint('commit.before', this.ctx.log);
+    await this.at(move, 'commit.before');
     // The commit point: from this notification on, the held calls go to the new server.
     server.state = 'moved';
-    this.ctx.notify(server, 'commit', [{ id: move.id, to: address, grace_ms: move.graceMs }]);
-    move.over = true;
+    this.ctx.notify(server, 'commit', [{ id: move.id, to: arrived.address, grace_ms: move.graceMs }]);
+    move.committed = arrived;
     this.committed.add(move.id);
     if (this.committed.size > COMMITTED_KEPT) this.committed.delete(this.committed.values().next().value!);
+    this.retireLater(move);
     await failpoint('commit.after', this.ctx.log);
+    this.forward(move);
+    await failpoint('forward.after', this.ctx.log);
+    this.tellDestination(move);
+  }
+
+  /** The forwarding entry (once: by the steps, or by `finish` if they got stuck). */
+  private forward(move: Move): void {
+    if (move.forwarded) return;
+    move.forwarded = true;
+    const { server, committed } = move;
     try {
-      this.ctx.forwards.set({ name: server.name, to: address, daemon: move.to, epoch, id: move.id });
+      this.ctx.forwards.set({ name: server.name, to: committed!.address, daemon: move.to, epoch: committed!.epoch, id: move.id });
     } catch (error) {
       this.ctx.log(`migration ${move.id}: ${server.name} moved, but its forwarding entry was not saved: ${(error as Error).message}`);
     }
+  }
+
+  /** The destination hears of the commit (once); a destination that does not asks later (`outcome`). */
+  private tellDestination(move: Move): void {
+    if (move.told) return;
+    move.told = true;
     this.call(move, 'commit', [move.id]).catch((error: Error) => this.ctx.log(`migration ${move.id}: the destination did not take the commit: ${error.message}`));
+  }
+
+  /** After the commit point: what the steps left undone, then the first reply from the new address ends the clock. */
+  private async finish(move: Move): Promise<Breakdown> {
+    const { address } = move.committed!;
+    this.forward(move);
+    this.tellDestination(move);
     await firstReply(address).catch((error: Error) => this.ctx.log(`migration ${move.id}: no first reply from ${address}: ${error.message}`));
     const now = performance.now();
     move.figures.total_ms = now - move.received;
     move.figures.pause_ms = now - (move.orderTaken ?? now);
     move.figures.address = address;
-    this.ctx.log(`migration ${move.id}: ${server.name} moved to ${address} in ${move.figures.total_ms.toFixed(1)} ms`);
+    this.ctx.log(`migration ${move.id}: ${move.server.name} moved to ${address} in ${move.figures.total_ms.toFixed(1)} ms`);
     return move.figures;
+  }
+
+  /**
+   * The old server exits when its grace period is over; one that is still registered a step
+   * later is stuck, and is ended: its state lives at the destination now.
+   */
+  private retireLater({ id, server, graceMs }: Move): void {
+    setTimeout(() => {
+      if (!this.ctx.names.all().includes(server)) return;
+      this.ctx.log(`migration ${id}: ${server.name} (pid ${server.pid}) did not exit ${graceMs} ms after its commit; ending it`);
+      try {
+        process.kill(server.pid, 'SIGKILL');
+      } catch {
+        // it exited meanwhile
+      }
+    }, graceMs + STEP_TIMEOUT_MS).unref();
   }
 
   /** Step 8: before commit, every failure lands here; the source serves on with its state. */
@@ -392,7 +452,7 @@ export class Coordinator {
 
   private call(move: Move, method: string, params: unknown[], timeout = STEP_TIMEOUT_MS): Promise<unknown> {
     const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${timeout} ms`);
-    return within(timeout, move.link!.call(method, params), late);
+    return within(timeout, move.link!.call(method, params), late).finally(() => this.touch(move));
   }
 
   /**
@@ -406,7 +466,7 @@ export class Coordinator {
     return (params) => {
       const answer = move.link!.call(method, params);
       answer.catch(() => undefined); // handled once its turn comes
-      const turn = previous.then(() => within(STEP_TIMEOUT_MS, answer, late));
+      const turn = previous.then(() => within(STEP_TIMEOUT_MS, answer, late)).finally(() => this.touch(move));
       previous = turn.catch(() => undefined);
       return turn;
     };

@@ -42,8 +42,15 @@ export class Recovery {
     const leaving = join(this.ctx.spool, 'leaving');
     for (const id of await readdir(leaving).catch(() => [] as string[])) {
       const order = await readFile(join(leaving, id, ORDER_FILE), 'utf8').then((text) => JSON.parse(text) as OrderRecord, () => undefined);
-      if (order?.id === id && typeof order.to === 'string' && typeof order.name === 'string') this.unresolved.set(id, order);
-      else await rm(join(leaving, id), { recursive: true, force: true });
+      const valid = order?.id === id && typeof order.to === 'string' && typeof order.name === 'string';
+      if (valid && !this.ctx.forwards.made(id)) {
+        this.unresolved.set(id, order);
+        continue;
+      }
+      // A move whose forwarding entry was written is over but for its cleanup (and, perhaps, the
+      // destination's word): its server may have retired already, so it is not waited for.
+      if (valid) void this.statusAt(order).then(() => this.ctx.log(`migration ${id}: ${order.name} had moved to ${order.to}; settled after a restart`));
+      await rm(join(leaving, id), { recursive: true, force: true });
     }
     if (this.unresolved.size > 0) this.ctx.log(`moves left under way by the previous run: ${[...this.unresolved.keys()].join(', ')}`);
   }

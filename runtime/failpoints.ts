@@ -6,6 +6,7 @@
 // the whole process freezes, sockets open, until a SIGCONT), error (the step fails); and where
 // bytes leave a process, drop (the connection is closed) and corrupt (a byte is flipped).
 export const FAILPOINTS = [
+  'order.after', // source daemon: the order is taken (the server marked migrating), the destination not yet asked
   'prepare.after', // source daemon: the program is at the destination, the server not yet signalled
   'signal.after', // source daemon: the server was signalled
   'copy.send', // source daemon: a piece of the state file is about to leave (also drop, corrupt)
@@ -13,11 +14,17 @@ export const FAILPOINTS = [
   'start.after', // source daemon: the destination serves, the source has not committed
   'commit.before', // source daemon: about to tell its server the move is final
   'commit.after', // source daemon: its server was told; the forwarding entry is not yet written
+  'forward.after', // source daemon: the forwarding entry is written; the destination not yet told of the commit
+  'cleanup.before', // source daemon: the move is over; its spool (order, state file) not yet removed
+  'quiesce.before', // source server: it took the order and holds new calls; those executing have not been waited for
   'snapshot.after', // source server: its snapshot is written, not yet reported
+  'retire.before', // source server: its grace period is over; it has not stopped serving MOVED nor exited
   'arrive.copy.after', // destination daemon: the state file is whole, the server not yet started
+  'arrive.start.before', // destination daemon: the start came; the standby not yet told to go on, no cold start yet
   'restore.after', // destination server: its state is restored, it has not registered
   'arrive.start.after', // destination daemon: the moved server registered, the source not yet told
   'arrive.commit.before', // destination daemon: the source's commit came, not yet recorded
+  'arrive.cleanup.before', // destination daemon: the commit is recorded; its spool (arrival record) not yet removed
 ] as const;
 
 export type Failpoint = (typeof FAILPOINTS)[number];
@@ -63,6 +70,10 @@ export async function failpoint(name: Failpoint, log: (line: string) => void): P
     process.kill(process.pid, 'SIGSTOP');
     return undefined;
   }
-  if (action === 'hang') await new Promise(() => undefined);
+  if (action === 'hang') {
+    // Once: the step that hangs never ends, and a later move through the process goes on.
+    active.delete(name);
+    await new Promise(() => undefined);
+  }
   throw new Error(`failpoint ${name}`);
 }

@@ -129,7 +129,7 @@ export function takeOrders(registration: Registration, server: Movable, log: (li
       } else if (method === 'commit' && typeof verdict.to === 'string') {
         migration.enter({ name: 'moved', to: verdict.to, epoch: server.epoch + 1 });
         const grace = typeof verdict.grace_ms === 'number' ? verdict.grace_ms : 60_000;
-        setTimeout(() => void server.retire(), grace);
+        setTimeout(() => void failpoint('retire.before', log).then(() => server.retire()), grace);
       }
     });
     void link.closed.then(() => {
@@ -156,7 +156,11 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   const since = Date.now();
   const start = performance.now();
   migration.enter({ name: 'quiescing', order, since });
+  await failpoint('quiesce.before', log);
   await server.whenIdle();
+  // The daemon may have given up on this move meanwhile (its abort came first): no snapshot then.
+  const now = migration.phase as Phase;
+  if (now.name !== 'quiescing' || now.order.id !== order.id) return log(`migration ${order.id} ended before its snapshot`);
   const quiesced = performance.now();
   let report: SnapshotReport;
   try {

@@ -26,8 +26,8 @@ export class Cluster {
   readonly dir = tempDir();
   readonly key = writeKey(this.dir);
   readonly daemons: DaemonProcess[] = [];
-  /** Pids of servers seen on any daemon: ended by `close`. */
-  private readonly servers = new Set<number>();
+  /** Pids of servers seen on any daemon, with that daemon's address: ended by `end` and `close`. */
+  private readonly servers = new Map<number, string>();
 
   /** Starts a daemon with its own spool; `env` reaches the daemon (and what it starts). */
   async daemon(env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
@@ -59,7 +59,7 @@ export class Cluster {
   async server(script: string, daemon: DaemonProcess, args: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Promise<Started> {
     const env = cleanEnv({ RPCMIG_DAEMON: daemon.address, RPCMIG_KEY_FILE: this.key.file, ...extraEnv });
     const started = await startNode(script, { args, env, cwd: join(ROOT, 'fixtures') });
-    this.servers.add(started.pid);
+    this.servers.set(started.pid, daemon.address);
     return started;
   }
 
@@ -85,7 +85,7 @@ export class Cluster {
     const result = await this.cli(['ls', '--daemon', daemon.address, '--json']);
     if (result.code !== 0) throw new Error(`ls failed: ${result.stderr}`);
     const listing = JSON.parse(result.stdout) as Listing;
-    for (const server of listing.servers) this.servers.add(server.pid);
+    for (const server of listing.servers) this.servers.set(server.pid, daemon.address);
     return listing;
   }
 
@@ -102,9 +102,21 @@ export class Cluster {
   }
 
   /** Ends every server seen (the daemons started some of them, detached) and every daemon. */
-  async close(): Promise<void> {
-    for (const daemon of this.daemons) await this.ls(daemon).catch(() => undefined);
-    for (const pid of this.servers) {
+  close(): Promise<void> {
+    return this.end([...this.daemons], true);
+  }
+
+  /**
+   * Ends the daemons at these daemons' addresses (every run of a restarted one) and every server
+   * seen on them, now or before; other daemons and their servers run on (unless `everyServer`).
+   */
+  async end(daemons: DaemonProcess[], everyServer = false): Promise<void> {
+    const addresses = new Set(daemons.map((daemon) => daemon.address));
+    const ending = this.daemons.filter((daemon) => addresses.has(daemon.address));
+    for (const daemon of ending) if (isAlive(daemon.pid)) await this.ls(daemon).catch(() => undefined);
+    const servers = [...this.servers].filter(([, address]) => everyServer || addresses.has(address)).map(([pid]) => pid);
+    await Promise.all(servers.map(async (pid) => {
+      this.servers.delete(pid);
       await stop(pid);
       if (isAlive(pid)) {
         try {
@@ -114,8 +126,9 @@ export class Cluster {
         }
       }
       await waitFor(() => !isAlive(pid), 3000);
-    }
-    await Promise.all(this.daemons.map((daemon) => stop(daemon.pid)));
+    }));
+    await Promise.all(ending.map((daemon) => stop(daemon.pid)));
+    for (const daemon of ending) this.daemons.splice(this.daemons.indexOf(daemon), 1);
   }
 }
 
