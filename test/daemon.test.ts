@@ -7,7 +7,7 @@ import { formatAddress, loadKey, openDaemon, parseAddress, type DaemonLink } fro
 import { RpcmigError } from '../runtime/errors.js';
 import { startDaemon } from '../daemon/daemon.js';
 import { cleanEnv, startDaemonProcess, tempDir, writeKey, type DaemonProcess } from './helpers/daemon.js';
-import { ROOT, start, startNode, stop, waitFor } from './helpers/process.js';
+import { ROOT, start, startNode, stop } from './helpers/process.js';
 
 const CALC = join(ROOT, 'dist', 'test', 'programs', 'calc-server.js');
 const dir = tempDir();
