@@ -1,7 +1,7 @@
 // What the CLI prints: call results as JSON (one rule for values JSON cannot hold) and the
 // `ls` listing as JSON or as a table.
 import { RpcmigError } from '../runtime/errors.js';
-import type { Breakdown } from './migrate.js';
+import type { Breakdown } from './move.js';
 import type { Listing } from './names.js';
 
 /** Said in `rpcmig call --help`; `toJson` implements it. */

@@ -1,6 +1,6 @@
 // The progress of a long copy (the program's blobs or the state file): reported to the CLI
 // once a copy runs longer than a second, at most ten times a second.
-import type { Step } from './migrate.js';
+import type { Step } from './move.js';
 
 /** What the CLI is told while a copy runs longer than PROGRESS_AFTER_MS. */
 export interface Progress {

@@ -5,7 +5,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openDaemon, within } from '../runtime/daemonlink.js';
 import { writeStateFile as writeDurably } from '../runtime/statefile.js';
-import { STEP_TIMEOUT_MS, type SourceContext } from './migrate.js';
+import { STEP_TIMEOUT_MS, type SourceContext } from './move.js';
 import type { Server } from './names.js';
 
 /** What `leaving/<id>/order.json` holds while a move is under way. */

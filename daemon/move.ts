@@ -1,0 +1,87 @@
+// A move as the source daemon's coordinator (migrate.ts) holds it: what it is told, what it
+// reports, its steps and the time-outs that bound each of them.
+import type { DaemonLink } from '../runtime/daemonlink.js';
+import type { SnapshotReport } from '../runtime/migrating.js';
+import type { Deferred } from './deferred.js';
+import type { Forwards } from './forwards.js';
+import type { Names, Server } from './names.js';
+import type { Meter } from './progress.js';
+
+export interface SourceContext {
+  key: Buffer;
+  spool: string;
+  advertised: string;
+  /** Random per daemon process: a destination answering with ours is this daemon. */
+  daemonId: string;
+  names: Names;
+  forwards: Forwards;
+  /** Sends a notification on the server's control connection. */
+  notify(server: Server, method: string, params: unknown[]): void;
+  /** The source of the move that started this server here, until that move is known committed. */
+  arrivingFrom(server: Server): string | undefined;
+  log(line: string): void;
+}
+
+export interface MigrateRequest {
+  name: string;
+  to: string;
+  graceMs: number;
+}
+
+/** DESIGN §7: what `rpcmig migrate` reports. */
+export interface Breakdown {
+  quiesce_ms: number;
+  snapshot_ms: number;
+  copy_ms: number;
+  start_ms: number;
+  total_ms: number;
+  pause_ms: number;
+  state_bytes: number;
+  program_bytes_sent: number;
+  from: string;
+  to: string;
+  /** Where the moved server listens. */
+  address: string;
+}
+
+export type Step = 'order' | 'prepare' | 'signal' | 'quiesce' | 'snapshot' | 'copy' | 'start' | 'commit';
+
+export interface Move {
+  id: string;
+  server: Server;
+  to: string;
+  graceMs: number;
+  dir: string;
+  statePath: string;
+  step: Step;
+  over: boolean;
+  /** Where the moved server serves, from the commit point on: the move is final. */
+  committed?: { address: string; epoch: number };
+  /** After the commit point: the forwarding entry is written, the destination told. */
+  forwarded?: boolean;
+  told?: boolean;
+  /** Rejects when the move makes no progress for STALL_MS (see `touch`). */
+  stalled: Deferred<never>;
+  watchdog?: NodeJS.Timeout;
+  link?: DaemonLink;
+  received: number;
+  orderTaken?: number;
+  snapshot: Deferred<SnapshotReport>;
+  /** The server's control connection closed mid-move (it exited or crashed). */
+  gone?: boolean;
+  figures: Breakdown;
+  progress: Meter;
+}
+
+export const STEP_TIMEOUT_MS = Number(process.env.RPCMIG_STEP_TIMEOUT_MS) || 10_000;
+/** The longest call executing when the order comes is waited for this long. */
+export const QUIESCE_TIMEOUT_MS = Number(process.env.RPCMIG_QUIESCE_TIMEOUT_MS) || 20_000;
+export const START_TIMEOUT_MS = (Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000) + STEP_TIMEOUT_MS;
+/**
+ * Every wait of a step is bounded by one of the time-outs above; a move that makes no progress
+ * for longer than the longest of them, plus a step, is stuck in this daemon itself — and would
+ * otherwise hold the server's calls and the operator's `rpcmig migrate` forever.
+ */
+export const STALL_MS = Math.max(QUIESCE_TIMEOUT_MS, START_TIMEOUT_MS) + STEP_TIMEOUT_MS;
+/** How many committed move ids are remembered, for destinations asking how a move ended. */
+export const COMMITTED_KEPT = 1024;
