@@ -31,7 +31,7 @@ export class ClientRecords {
   below = 0;
   seen = Date.now();
   /** Slots holding a record. */
-  size = 0;
+  private count = 0;
   private mask = FIRST_SLOTS - 1;
   private seqs: number[] = new Array<number>(FIRST_SLOTS).fill(EMPTY);
   private errors: Array<WireError | null> = new Array<WireError | null>(FIRST_SLOTS).fill(null);
@@ -46,14 +46,14 @@ export class ClientRecords {
     return this.seqs[seq & this.mask] === seq;
   }
 
-  /** A new call runs: its record starts now. */
+  /** A new call runs: its record starts now (in the slot of a call acknowledged while it runs, if need be). */
   start(seq: number): void {
     let slot = seq & this.mask;
-    while (this.seqs[slot] !== EMPTY && this.mask < MAX_RECORDS_PER_CLIENT - 1 && 4 * this.size > this.mask) {
+    while (this.seqs[slot] >= this.below && this.mask < MAX_RECORDS_PER_CLIENT - 1 && 4 * this.count > this.mask) {
       this.grow();
       slot = seq & this.mask;
     }
-    if (this.seqs[slot] === EMPTY) this.size++;
+    if (this.seqs[slot] === EMPTY) this.count++;
     this.seqs[slot] = seq;
     this.errors[slot] = RUNNING;
     this.results[slot] = undefined;
@@ -100,6 +100,10 @@ export class ClientRecords {
     }
   }
 
+  get size(): number {
+    return this.count;
+  }
+
   /** Finished outcomes as `[seq, error, result, ...]`, for the state file. */
   finished(): unknown[] {
     const calls: unknown[] = [];
@@ -124,7 +128,7 @@ export class ClientRecords {
     this.seqs[slot] = EMPTY;
     this.errors[slot] = null;
     this.results[slot] = undefined;
-    this.size--;
+    this.count--;
   }
 
   /** Twice the slots; of two records that meet in one slot, the newer call's stays. */
@@ -135,12 +139,12 @@ export class ClientRecords {
     this.seqs = new Array<number>(slots).fill(EMPTY);
     this.errors = new Array<WireError | null>(slots).fill(null);
     this.results = new Array<unknown>(slots).fill(undefined);
-    this.size = 0;
+    this.count = 0;
     for (let old = 0; old < seqs.length; old++) {
       const seq = seqs[old];
       const slot = seq & this.mask;
       if (seq === EMPTY || this.seqs[slot] > seq) continue;
-      if (this.seqs[slot] === EMPTY) this.size++;
+      if (this.seqs[slot] === EMPTY) this.count++;
       this.seqs[slot] = seq;
       this.errors[slot] = errors[old];
       this.results[slot] = results[old];
