@@ -5,7 +5,7 @@ import { createServer, type AddressInfo, type Server as NetServer, type Socket }
 import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
-import { ClientRecords, complete, CompletionRecords, HELLO, type Completion, type SavedRecords } from './records.js';
+import { ClientRecords, CompletionRecords, HELLO, type SavedRecords } from './records.js';
 import { failpoint } from './failpoints.js';
 import { INTERNAL_PREFIX, registerInternal, RESTORE_ENV, restoredKeys, restoreInternal, unregisterInternal, warmCodec } from './state.js';
 import { register, type MigrationReport, type Registration } from './register.js';
@@ -124,32 +124,39 @@ class RpcServer implements Server, Movable {
     this.badRequest(connection, message[1], 'a server takes requests and notifications, not responses');
   }
 
-  /** Runs one call; `msgid` -1 marks a notification, which gets no reply. */
+  /**
+   * Runs one call; `msgid` -1 marks a notification, which gets no reply. The rare paths (held,
+   * resent) make their closures in methods of their own, so that a common call makes none.
+   */
   private execute(connection: Connection, msgid: number, method: string, params: unknown[]): void {
-    if (!this.migration.accepting && method !== WHEREIS) {
-      return this.migration.hold({
-        run: () => this.execute(connection, msgid, method, params),
-        answer: (error) => this.answer(connection, msgid, error, null),
-      });
-    }
+    if (!this.migration.accepting && method !== WHEREIS) return this.hold(connection, msgid, method, params);
     const client = connection.client;
     if (client === undefined || msgid < 0) return this.run(connection, msgid, method, params, undefined);
-    const known = client.calls.get(msgid);
-    if (known === undefined) {
-      if (msgid < client.below) return this.badRequest(connection, msgid, `call ${msgid} of this client was acknowledged already`);
-      return this.run(connection, msgid, method, params, client.start(msgid));
-    }
-    // A resend (its reply was lost): answered from the record, never run again.
-    const reply = (error: WireError | null, result: unknown) => this.answer(connection, msgid, error, result);
-    if (known.running) (known.waiting ??= []).push(reply);
-    else reply(known.error, known.result);
+    if (client.has(msgid)) return this.resent(connection, client, msgid);
+    if (msgid < client.below) return this.badRequest(connection, msgid, `call ${msgid} of this client was acknowledged already`);
+    client.start(msgid);
+    this.run(connection, msgid, method, params, client);
   }
 
-  private run(connection: Connection, msgid: number, method: string, params: unknown[], completion: Completion | undefined): void {
+  /** A resend (its reply was lost): answered from the record, never run again. */
+  private resent(connection: Connection, client: ClientRecords, msgid: number): void {
+    client.answer(msgid, (error, result) => this.answer(connection, msgid, error, result));
+  }
+
+  /** A call arriving mid-move: run once the server serves again, or answered MOVED. */
+  private hold(connection: Connection, msgid: number, method: string, params: unknown[]): void {
+    this.migration.hold({
+      run: () => this.execute(connection, msgid, method, params),
+      answer: (error) => this.answer(connection, msgid, error, null),
+    });
+  }
+
+  /** `client`: the caller's records, where the outcome is kept (undefined: not recorded). */
+  private run(connection: Connection, msgid: number, method: string, params: unknown[], client: ClientRecords | undefined): void {
     const procedure = this.procedures.get(method);
     if (procedure === undefined) {
       const error = { code: 'NO_SUCH_METHOD', message: `${this.name} has no procedure ${JSON.stringify(method)}` };
-      return this.outcome(connection, msgid, error, null, completion);
+      return this.outcome(connection, msgid, error, null, client);
     }
     let result: unknown;
     let later: boolean;
@@ -157,24 +164,29 @@ class RpcServer implements Server, Movable {
       result = procedure.apply(this.target, params);
       later = isThenable(result);
     } catch (thrown) {
-      return this.outcome(connection, msgid, appError(thrown), null, completion);
+      return this.outcome(connection, msgid, appError(thrown), null, client);
     }
-    if (!later) return this.outcome(connection, msgid, null, result, completion);
+    if (later) this.await(connection, msgid, result as PromiseLike<unknown>, client);
+    else this.outcome(connection, msgid, null, result, client);
+  }
+
+  /** A procedure that returned a promise: its outcome once settled. Its closures live here, not in `run`, so a synchronous call makes none. */
+  private await(connection: Connection, msgid: number, pending: PromiseLike<unknown>, client: ClientRecords | undefined): void {
     this.executing++;
     // Promise.resolve: a foreign thenable whose `then` throws becomes a rejection, not a crash.
-    Promise.resolve(result).then(
-      (value) => this.finish(connection, msgid, null, value, completion),
-      (thrown: unknown) => this.finish(connection, msgid, appError(thrown), null, completion),
+    Promise.resolve(pending).then(
+      (value) => this.finish(connection, msgid, null, value, client),
+      (thrown: unknown) => this.finish(connection, msgid, appError(thrown), null, client),
     );
   }
 
-  private finish(connection: Connection, msgid: number, error: WireError | null, result: unknown, completion: Completion | undefined): void {
-    this.outcome(connection, msgid, error, result, completion);
+  private finish(connection: Connection, msgid: number, error: WireError | null, result: unknown, client: ClientRecords | undefined): void {
+    this.outcome(connection, msgid, error, result, client);
     if (--this.executing === 0) for (const resolve of this.idle.splice(0)) resolve();
   }
 
-  private outcome(connection: Connection, msgid: number, error: WireError | null, result: unknown, completion: Completion | undefined): void {
-    if (completion !== undefined) complete(completion, error, result);
+  private outcome(connection: Connection, msgid: number, error: WireError | null, result: unknown, client: ClientRecords | undefined): void {
+    if (client !== undefined) client.finish(msgid, error, result);
     this.answer(connection, msgid, error, result);
   }
 
