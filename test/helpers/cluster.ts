@@ -115,6 +115,9 @@ export class Cluster {
     const ending = this.daemons.filter((daemon) => addresses.has(daemon.address));
     for (const daemon of ending) if (isAlive(daemon.pid)) await this.ls(daemon).catch(() => undefined);
     const servers = [...this.servers].filter(([, address]) => everyServer || addresses.has(address)).map(([pid]) => pid);
+    // And what they started for a move that never settled (a daemon killed mid-move leaves its
+    // standby or moved server trying to register again): found by its environment.
+    servers.push(...[...addresses].flatMap((address) => startedBy(address)).filter((pid) => !servers.includes(pid)));
     await Promise.all(servers.map(async (pid) => {
       this.servers.delete(pid);
       await stop(pid);
