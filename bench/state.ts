@@ -78,10 +78,10 @@ function rows(name: string, result: { rpcmig: Sample[]; v8: Sample[] }): string[
 }
 
 function runtimeSize(): string {
-  const files = ['state.js', 'codec.js', 'statefile.js'].map((f) => join(ROOT, 'dist', 'runtime', f));
+  const files = ['state.js', 'codec.js', 'tables.js', 'statefile.js'].map((f) => join(ROOT, 'dist', 'runtime', f));
   const own = files.reduce((sum, file) => sum + statSync(file).size, 0);
   const msgpackr = statSync(require.resolve('msgpackr')).size;
-  return `Runtime for state (dist/runtime/state.js + codec.js + statefile.js): ${own} bytes; ` +
+  return `Runtime for state (dist/runtime/state.js + codec.js + tables.js + statefile.js): ${own} bytes; ` +
     `plus msgpackr (${require.resolve('msgpackr').replace(/.*node_modules\//, '')}): ${msgpackr} bytes.`;
 }
 
