@@ -6,7 +6,7 @@ import * as assert from 'uvu/assert';
 import { join } from 'node:path';
 import { COUNTER } from './helpers/cluster.js';
 import { CLI, tempDir, writeKey } from './helpers/daemon.js';
-import { createHosts, firstMatch, requireNetns, type Hosts } from './helpers/netns.js';
+import { createHosts, firstMatch, requireNetns, setUpOnce, type Hosts } from './helpers/netns.js';
 import { ROOT } from './helpers/process.js';
 
 const CLIENT = join(ROOT, 'dist', 'test', 'programs', 'counter-client.js');
@@ -14,30 +14,20 @@ const dir = tempDir();
 const key = writeKey(dir);
 const env = { ...process.env, RPCMIG_KEY_FILE: key.file };
 let lab: Hosts;
-let setupError: unknown;
 
 const daemonOf = (host: string) => `${lab.host(host).address}:4111`;
 
-// uvu 0.5 swallows an error thrown by a before hook; keep it and fail every test with it.
-test.before(async () => {
-  try {
-    requireNetns();
-    lab = await createHosts(['a', 'b', 'c', 'd']);
-    for (const host of ['a', 'b', 'c']) {
-      const args = [CLI, 'daemon', '--listen', daemonOf(host), '--dir', join(dir, host), '--key-file', key.file];
-      await firstMatch(lab.exec(host, process.execPath, args, { env, stdio: ['ignore', 'pipe', 'ignore'] }), /listening on (\S+)/, 10_000);
-    }
-    const serverEnv = { ...env, RPCMIG_DAEMON: daemonOf('a'), RPCMIG_HOST: lab.host('a').address };
-    const server = lab.exec('a', process.execPath, [COUNTER, '--name', 'counter'], { env: serverEnv, cwd: join(ROOT, 'fixtures'), stdio: ['ignore', 'pipe', 'ignore'] });
-    await firstMatch(server, /listening (\S+)/, 10_000);
-  } catch (error) {
-    setupError = error;
+setUpOnce(test, async () => {
+  requireNetns();
+  lab = await createHosts(['a', 'b', 'c', 'd']);
+  for (const host of ['a', 'b', 'c']) {
+    const args = [CLI, 'daemon', '--listen', daemonOf(host), '--dir', join(dir, host), '--key-file', key.file];
+    await firstMatch(lab.exec(host, process.execPath, args, { env, stdio: ['ignore', 'pipe', 'ignore'] }), /listening on (\S+)/, 10_000);
   }
-});
-test.before.each(() => {
-  if (setupError !== undefined) throw setupError;
-});
-test.after(async () => {
+  const serverEnv = { ...env, RPCMIG_DAEMON: daemonOf('a'), RPCMIG_HOST: lab.host('a').address };
+  const server = lab.exec('a', process.execPath, [COUNTER, '--name', 'counter'], { env: serverEnv, cwd: join(ROOT, 'fixtures'), stdio: ['ignore', 'pipe', 'ignore'] });
+  await firstMatch(server, /listening (\S+)/, 10_000);
+}, async () => {
   await lab?.destroy();
 });
 

@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { connect } from 'node:net';
-import { createHosts, listNamespaces, type Hosts } from './helpers/netns.js';
+import { createHosts, listNamespaces, setUpOnce, type Hosts } from './helpers/netns.js';
 
 // Echoes every chunk; reports its pid and port (port 0) once listening on the given address.
 const SERVER = `const net = require('node:net');
@@ -77,26 +77,12 @@ function connectFromRoot(host: string, port: number, timeoutMs: number): Promise
   });
 }
 
-let setupError: unknown;
-
-// uvu 0.5 swallows an error thrown by a before hook and exits 0, so a non-root run would
-// pass silently; keeping the error and failing every test with it makes the run red and plain.
-test.before(async () => {
-  try {
-    rootLinksBefore = rootLinks();
-    lab = await createHosts(['a', 'b']);
-    server = lab.exec('a', process.execPath, ['-e', SERVER, lab.host('a').address], { stdio: ['ignore', 'pipe', 'inherit'] });
-    serverInfo = JSON.parse(await firstLine(server, 5_000));
-  } catch (e) {
-    setupError = e;
-  }
-});
-
-test.before.each(() => {
-  if (setupError !== undefined) throw setupError;
-});
-
-test.after(async () => {
+setUpOnce(test, async () => {
+  rootLinksBefore = rootLinks();
+  lab = await createHosts(['a', 'b']);
+  server = lab.exec('a', process.execPath, ['-e', SERVER, lab.host('a').address], { stdio: ['ignore', 'pipe', 'inherit'] });
+  serverInfo = JSON.parse(await firstLine(server, 5_000));
+}, async () => {
   await lab?.destroy();
 });
 

@@ -11,7 +11,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { COUNTER, FIXTURES, frozen, startedBy } from './helpers/cluster.js';
 import { CLI, tempDir, writeKey } from './helpers/daemon.js';
-import { createHosts, firstMatch, requireNetns, type Hosts, type RunResult } from './helpers/netns.js';
+import { createHosts, firstMatch, requireNetns, setUpOnce, type Hosts, type RunResult } from './helpers/netns.js';
 import { ROOT, waitFor } from './helpers/process.js';
 
 const BIGDICT = join(FIXTURES, 'bigdict', 'server.js');
@@ -29,7 +29,6 @@ const dir = tempDir();
 const key = writeKey(dir);
 const env = { ...process.env, RPCMIG_KEY_FILE: key.file };
 let lab: Hosts;
-let setupError: unknown;
 const daemonPids = new Map<string, number>();
 
 const daemonOf = (host: string): string => `${lab.host(host).address}:4111`;
@@ -98,33 +97,24 @@ function assertFailed(result: RunResult, step: string, reason: RegExp, name: str
   assert.ok(result.stderr.endsWith(`${name} serves on at ${daemonOf(host)}\n`), result.stderr);
 }
 
-// uvu 0.5 swallows an error thrown by a before hook; keep it and fail every test with it.
-test.before(async () => {
-  try {
-    requireNetns();
-    lab = await createHosts(['a', 'b', 'c', 'd']);
-    for (const host of ['a', 'b', 'c']) {
-      // C, as a source, freezes once between the destination's start and its own commit.
-      const faults = host === 'c' ? { RPCMIG_FAILPOINTS: 'start.after=stop' } : {};
-      const args = [CLI, 'daemon', '--listen', daemonOf(host), '--dir', join(dir, host), '--key-file', key.file];
-      const timeouts = { RPCMIG_QUIESCE_TIMEOUT_MS: String(QUIESCE_MS), RPCMIG_SETTLE_AFTER_MS: String(SETTLE_MS) };
-      const daemon = lab.exec(host, process.execPath, args, { env: { ...env, ...faults, ...timeouts }, stdio: ['ignore', 'pipe', 'ignore'] });
-      await firstMatch(daemon, /listening on (\S+)/, 10_000);
-      daemonPids.set(host, daemon.pid!);
-    }
-    // One move of the fixtures' program to b first: later moves there ship no program bytes,
-    // so the faults below meet the state, not the program.
-    await server('a', COUNTER, 'warm');
-    const warm = await migrate('warm', 'a', 'b');
-    if (warm.code !== 0) throw new Error(`warm-up a -> b: ${warm.stderr}`);
-  } catch (error) {
-    setupError = error;
+setUpOnce(test, async () => {
+  requireNetns();
+  lab = await createHosts(['a', 'b', 'c', 'd']);
+  for (const host of ['a', 'b', 'c']) {
+    // C, as a source, freezes once between the destination's start and its own commit.
+    const faults = host === 'c' ? { RPCMIG_FAILPOINTS: 'start.after=stop' } : {};
+    const args = [CLI, 'daemon', '--listen', daemonOf(host), '--dir', join(dir, host), '--key-file', key.file];
+    const timeouts = { RPCMIG_QUIESCE_TIMEOUT_MS: String(QUIESCE_MS), RPCMIG_SETTLE_AFTER_MS: String(SETTLE_MS) };
+    const daemon = lab.exec(host, process.execPath, args, { env: { ...env, ...faults, ...timeouts }, stdio: ['ignore', 'pipe', 'ignore'] });
+    await firstMatch(daemon, /listening on (\S+)/, 10_000);
+    daemonPids.set(host, daemon.pid!);
   }
-});
-test.before.each(() => {
-  if (setupError !== undefined) throw setupError;
-});
-test.after(async () => {
+  // One move of the fixtures' program to b first: later moves there ship no program bytes,
+  // so the faults below meet the state, not the program.
+  await server('a', COUNTER, 'warm');
+  const warm = await migrate('warm', 'a', 'b');
+  if (warm.code !== 0) throw new Error(`warm-up a -> b: ${warm.stderr}`);
+}, async () => {
   await lab?.destroy();
 });
 

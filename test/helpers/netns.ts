@@ -1,6 +1,7 @@
 // Test hosts as Linux network namespaces: each host is a namespace with its own address on a
 // private bridge, so end-to-end tests run daemons, servers and clients as if on separate machines.
 import { spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import type { Test } from 'uvu';
 import { shape, type NetemSpec, type Shaping } from './shaping.js';
 import { sh, succeeds } from './system.js';
 
@@ -246,4 +247,22 @@ export async function createHosts(names: string[], options: HostsOptions = {}): 
     throw e;
   }
   return lab;
+}
+
+/**
+ * A suite's hosts, set up once: uvu 0.5 swallows an error thrown by a before hook (a run
+ * without root would pass silently), so a failed `setup` fails every test of the suite with
+ * its error instead. `teardown` runs after the suite, whether or not the setup went through.
+ */
+export function setUpOnce(suite: Test, setup: () => Promise<void>, teardown: () => Promise<void>): void {
+  let failure: { error: unknown } | undefined;
+  suite.before(async () => {
+    await setup().catch((error: unknown) => {
+      failure = { error };
+    });
+  });
+  suite.before.each(() => {
+    if (failure !== undefined) throw failure.error;
+  });
+  suite.after(teardown);
 }
