@@ -17,7 +17,7 @@ import type { Server } from './names.js';
 import { buildManifest, manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
 import { Meter, type Progress } from './progress.js';
-import { COMMITTED_KEPT, QUIESCE_TIMEOUT_MS, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step } from './move.js';
+import { COMMITTED_KEPT, describe, failure, QUIESCE_TIMEOUT_MS, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step } from './move.js';
 
 /** What `prepare` sends besides the program's id and manifest. */
 interface Shipment {
@@ -403,16 +403,4 @@ async function firstReply(address: string): Promise<void> {
   } finally {
     void client.close();
   }
-}
-
-function failure(move: Move, error: unknown, source: string): RpcmigError {
-  if (error instanceof RpcmigError && error.code === 'MIGRATION_FAILED' && move.step === 'order') return error;
-  const cause = error instanceof RpcmigError ? error.code : undefined;
-  const message = `${move.step} failed: ${describe(error)}; ${move.server.name} serves on at ${source}`;
-  return new RpcmigError('MIGRATION_FAILED', message, { step: move.step, ...(cause ? { cause } : {}) });
-}
-
-function describe(error: unknown): string {
-  if (error instanceof RpcmigError) return error.code === 'MIGRATION_FAILED' ? error.message : `${error.code}: ${error.message}`;
-  return error instanceof Error ? error.message : String(error);
 }

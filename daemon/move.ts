@@ -1,6 +1,7 @@
 // A move as the source daemon's coordinator (migrate.ts) holds it: what it is told, what it
-// reports, its steps and the time-outs that bound each of them.
+// reports (its breakdown, or how it failed), its steps and the time-outs that bound each of them.
 import type { DaemonLink } from '../runtime/daemonlink.js';
+import { RpcmigError } from '../runtime/errors.js';
 import type { SnapshotReport } from '../runtime/migrating.js';
 import type { Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
@@ -85,3 +86,16 @@ export const START_TIMEOUT_MS = (Number(process.env.RPCMIG_START_TIMEOUT_MS) || 
 export const STALL_MS = Math.max(QUIESCE_TIMEOUT_MS, START_TIMEOUT_MS) + STEP_TIMEOUT_MS;
 /** How many committed move ids are remembered, for destinations asking how a move ended. */
 export const COMMITTED_KEPT = 1024;
+
+/** What `rpcmig migrate` is told of a move that failed: the step, its cause, where the server serves on. */
+export function failure(move: Move, error: unknown, source: string): RpcmigError {
+  if (error instanceof RpcmigError && error.code === 'MIGRATION_FAILED' && move.step === 'order') return error;
+  const cause = error instanceof RpcmigError ? error.code : undefined;
+  const message = `${move.step} failed: ${describe(error)}; ${move.server.name} serves on at ${source}`;
+  return new RpcmigError('MIGRATION_FAILED', message, { step: move.step, ...(cause ? { cause } : {}) });
+}
+
+export function describe(error: unknown): string {
+  if (error instanceof RpcmigError) return error.code === 'MIGRATION_FAILED' ? error.message : `${error.code}: ${error.message}`;
+  return error instanceof Error ? error.message : String(error);
+}
