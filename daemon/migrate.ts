@@ -16,19 +16,9 @@ import { writeOrder } from './recover.js';
 import type { Server } from './names.js';
 import { buildManifest, manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
+import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
 import { COMMITTED_KEPT, describe, failure, QUIESCE_TIMEOUT_MS, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step } from './move.js';
-
-/** What `prepare` sends besides the program's id and manifest. */
-interface Shipment {
-  id: string;
-  name: string;
-  source: string;
-  entry: string;
-  argv: string[];
-  execArgv: string[];
-  cwd: string;
-}
 
 export class Coordinator {
   private readonly moves = new Map<Server, Move>();
@@ -207,7 +197,7 @@ export class Coordinator {
   }
 
   /** What the destination is told of the program, besides its content. */
-  private async shipment(move: Move, root: string): Promise<Shipment> {
+  private async shipment(move: Move, root: string): Promise<ShipmentHead> {
     const { server } = move;
     const entry = relative(root, await realpath(server.entry));
     const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
@@ -218,7 +208,7 @@ export class Coordinator {
   }
 
   /** The program's id alone: true when the destination has its tree, and the manifest need not travel. */
-  private async offer(move: Move, shipment: Shipment & { program: string }): Promise<boolean> {
+  private async offer(move: Move, shipment: ShipmentHead & { program: string }): Promise<boolean> {
     const started = performance.now();
     const { known } = (await this.call(move, 'prepare', [shipment])) as { known?: boolean };
     move.figures.copy_ms += performance.now() - started;
@@ -372,8 +362,13 @@ export class Coordinator {
   }
 
   private call(move: Move, method: string, params: unknown[], timeout = STEP_TIMEOUT_MS): Promise<unknown> {
+    return this.answered(move, method, move.link!.call(method, params), timeout);
+  }
+
+  /** The destination's answer within `timeout`; an answer, or its absence, is progress for the watchdog. */
+  private answered(move: Move, method: string, answer: Promise<unknown>, timeout = STEP_TIMEOUT_MS): Promise<unknown> {
     const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${timeout} ms`);
-    return within(timeout, move.link!.call(method, params), late).finally(() => this.touch(move));
+    return within(timeout, answer, late).finally(() => this.touch(move));
   }
 
   /**
@@ -382,12 +377,11 @@ export class Coordinator {
    * link, a piece would otherwise time out while the destination answers every piece it gets.
    */
   private paced(move: Move, method: string): (params: unknown[]) => Promise<unknown> {
-    const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${STEP_TIMEOUT_MS} ms`);
     let previous: Promise<unknown> = Promise.resolve();
     return (params) => {
       const answer = move.link!.call(method, params);
       answer.catch(() => undefined); // handled once its turn comes
-      const turn = previous.then(() => within(STEP_TIMEOUT_MS, answer, late)).finally(() => this.touch(move));
+      const turn = previous.then(() => this.answered(move, method, answer));
       previous = turn.catch(() => undefined);
       return turn;
     };

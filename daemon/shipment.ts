@@ -28,23 +28,27 @@ export interface ArrivalRecord {
   pid?: number;
 }
 
-/** What the source sends first: the program and how to start it. */
-export interface Shipment {
+/** What the source sends first about the move, whatever it sends of the program. */
+export interface ShipmentHead {
   id: string;
   name: string;
   /** The source daemon, asked how the move ended by a destination that restarted. */
   source: string;
+  /** Paths relative to the program root. */
+  entry: string;
+  cwd: string;
+  argv: string[];
+  execArgv: string[];
+}
+
+/** What the source sends first, as the destination holds it: the program and how to start it. */
+export interface Shipment extends ShipmentHead {
   /** Empty when the source sent the program's id alone. */
   manifest: Manifest;
   /** The manifest's id: the program's tree lives under `programs/<id>`. */
   program: string;
   /** The source sent the id alone, asking whether the tree is here. */
   byId: boolean;
-  /** Paths relative to the program root. */
-  entry: string;
-  cwd: string;
-  argv: string[];
-  execArgv: string[];
 }
 
 /**
