@@ -1,20 +1,22 @@
 // The destination's half of a migration (DESIGN §3 steps 2 and 5): it takes the manifest,
 // the blobs its cache lacks and the state file, materialises the program, starts it with
-// RPCMIG_RESTORE and answers once the restored server has registered here.
+// RPCMIG_RESTORE and answers once the restored server has registered here. A move it did not
+// hear the end of is settled by asking its source (settle.ts).
 import { randomBytes } from 'node:crypto';
-import { mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join, relative } from 'node:path';
-import { openDaemon, within } from '../runtime/daemonlink.js';
+import { within } from '../runtime/daemonlink.js';
 import { failpoint } from '../runtime/failpoints.js';
 import { ARRIVAL_ENV } from '../runtime/register.js';
 import { writeStateFile as writeRecordFile } from '../runtime/statefile.js';
 import { RpcmigError } from '../runtime/errors.js';
 import { STANDBY_ENV } from '../runtime/state.js';
 import { deferred, type Deferred } from './deferred.js';
-import { end, launch, tail, type Launched } from './launch.js';
+import { launch, tail, type Launched } from './launch.js';
 import type { Server } from './names.js';
-import { checkRecord, checkShipment, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
+import { ARRIVAL_RECORD_FILE, checkShipment, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
+import { Settlement } from './settle.js';
 import { BlobReceiver, BlobStore, materialize } from './transfer.js';
 
 export interface ArrivalContext {
@@ -31,9 +33,6 @@ export interface ArrivalContext {
   evict(name: string, id: string): void;
   log(line: string): void;
 }
-
-/** How a move ended, as its source daemon tells it. */
-export type Outcome = 'committed' | 'aborted' | 'pending';
 
 type Phase = 'receiving' | 'starting' | 'started';
 
@@ -70,21 +69,17 @@ const SETTLE_AFTER_MS = Number(process.env.RPCMIG_SETTLE_AFTER_MS) || 30_000;
  * arrival is dropped, rather than held until TCP notices the connection is dead.
  */
 const SILENCE_MS = (Number(process.env.RPCMIG_QUIESCE_TIMEOUT_MS) || 20_000) + (Number(process.env.RPCMIG_STEP_TIMEOUT_MS) || 10_000);
-/** How often, and how many times, a destination asks the source how a move ended. */
-const SETTLE_RETRY_MS = 1000;
-const SETTLE_ATTEMPTS = 600;
-const RECORD_FILE = 'arrival.json';
 
 export class Arrivals {
   private readonly arrivals = new Map<string, Arrival>();
   /** Servers started here and not registered yet, by name. */
   private readonly awaited = new Map<string, { pid: number; registered(arrived: Arrived): void }>();
-  /** Moves a previous run of this daemon did not hear the end of, by id. */
-  private readonly unsettled = new Map<string, ArrivalRecord>();
-  /** Moves the source rolled back after this daemon restarted: their processes must not register. */
-  private readonly abandoned = new Set<string>();
+  /** Moves this daemon did not hear the end of, settled by asking their sources. */
+  private readonly settlement: Settlement;
 
-  constructor(private readonly ctx: ArrivalContext) {}
+  constructor(private readonly ctx: ArrivalContext) {
+    this.settlement = new Settlement(ctx);
+  }
 
   /**
    * Takes a migration's shipment. Sent first with the program's id alone: a destination that
@@ -102,7 +97,7 @@ export class Arrivals {
       }
     }
     if (this.arrivals.has(shipment.id)) throw refuseMigration(`migration ${shipment.id} is already under way here`);
-    const arriving = [...this.arrivals.values(), ...this.unsettled.values()].some((a) => a.name === shipment.name);
+    const arriving = [...this.arrivals.values()].some((a) => a.name === shipment.name) || this.settlement.holds(shipment.name);
     if (this.ctx.serves(shipment.name) || arriving) {
       throw new RpcmigError('NAME_TAKEN', `a server named ${JSON.stringify(shipment.name)} already serves or arrives here`);
     }
@@ -270,28 +265,15 @@ export class Arrivals {
     this.ctx.log(`migration ${arrival.id}: ${arrival.name} committed`);
   }
 
-  /**
-   * What a previous run left in `arriving/`: moves it did not hear the end of. Each is settled
-   * by asking its source; meanwhile a server one of them started is held as `arriving`.
-   */
-  async loadUnsettled(): Promise<void> {
-    const arriving = join(this.ctx.spool, 'arriving');
-    for (const id of await readdir(arriving).catch(() => [] as string[])) {
-      const record = await readFile(join(arriving, id, RECORD_FILE), 'utf8').then(checkRecord, () => undefined);
-      if (record?.id !== id) {
-        await rm(join(arriving, id), { recursive: true, force: true });
-        continue;
-      }
-      this.unsettled.set(id, record);
-      this.ctx.log(`migration ${id}: ${record.name} was arriving from ${record.source} when this daemon stopped; asking how it ended`);
-      void this.settle(record);
-    }
+  /** What a previous run left in `arriving/`: see Settlement. */
+  loadUnsettled(): Promise<void> {
+    return this.settlement.load();
   }
 
   /** The source of the move `id` if its server was started here and the move is not known committed. */
   uncommitted(id: string): string | undefined {
     const arrival = this.arrivals.get(id);
-    return arrival?.phase === 'started' ? arrival.source : this.unsettled.get(id)?.source;
+    return arrival?.phase === 'started' ? arrival.source : this.settlement.record(id)?.source;
   }
 
   /**
@@ -300,10 +282,9 @@ export class Arrivals {
    * source sent other arguments) is refused, so that a peer cannot take a name here that way.
    */
   verdict(arrival: string, name: string): 'unsettled' | 'abandoned' | 'misnamed' | undefined {
-    const move = this.arrivals.get(arrival) ?? this.unsettled.get(arrival);
+    const move = this.arrivals.get(arrival) ?? this.settlement.record(arrival);
     if (move !== undefined && move.name !== name) return 'misnamed';
-    if (this.unsettled.has(arrival)) return 'unsettled';
-    return this.abandoned.has(arrival) ? 'abandoned' : undefined;
+    return this.settlement.state(arrival);
   }
 
   /** A started server whose commit never came (the source's word was lost): the source is asked. */
@@ -311,54 +292,13 @@ export class Arrivals {
     if (this.arrivals.get(arrival.id) !== arrival) return;
     this.ctx.log(`migration ${arrival.id}: no commit ${SETTLE_AFTER_MS} ms after ${arrival.name} started; asking ${arrival.source}`);
     this.arrivals.delete(arrival.id);
-    const record = { id: arrival.id, name: arrival.name, source: arrival.source, pid: arrival.pid };
-    this.unsettled.set(record.id, record);
-    void this.settle(record);
-  }
-
-  /** Asks the source until it says committed or aborted, and acts on the answer. */
-  private async settle(record: ArrivalRecord): Promise<void> {
-    const { id, name, source } = record;
-    for (let attempt = 0; attempt < SETTLE_ATTEMPTS; attempt++) {
-      const outcome = await this.askSource(record);
-      if (outcome === 'committed') {
-        this.unsettled.delete(id);
-        this.ctx.confirm(name, id);
-        this.ctx.log(`migration ${id}: ${source} committed it; ${name} serves here`);
-      } else if (outcome === 'aborted') {
-        this.unsettled.delete(id);
-        this.abandoned.add(id);
-        this.ctx.evict(name, id);
-        if (record.pid !== undefined && end(record.pid, ARRIVAL_ENV, id)) this.ctx.log(`migration ${id}: ended pid ${record.pid}`);
-        this.ctx.log(`migration ${id}: ${source} rolled it back; ${name} serves there, not here`);
-      } else {
-        await new Promise((resolve) => setTimeout(resolve, SETTLE_RETRY_MS));
-        continue;
-      }
-      await rm(join(this.ctx.spool, 'arriving', id), { recursive: true, force: true });
-      return;
-    }
-    this.ctx.log(`migration ${id}: ${source} did not say how the move ended; ${name} stays held here`);
-  }
-
-  private async askSource({ id, source }: ArrivalRecord): Promise<Outcome | undefined> {
-    try {
-      const link = await openDaemon(source, this.ctx.key, { timeout: SETTLE_RETRY_MS * 2 });
-      try {
-        const answer = (await within(SETTLE_RETRY_MS * 2, link.call('outcome', [id]))) as { outcome?: unknown };
-        return answer?.outcome === 'committed' || answer?.outcome === 'aborted' || answer?.outcome === 'pending' ? answer.outcome : undefined;
-      } finally {
-        link.close();
-      }
-    } catch {
-      return undefined;
-    }
+    this.settlement.begin({ id: arrival.id, name: arrival.name, source: arrival.source, pid: arrival.pid });
   }
 
   /** Keeps `arriving/<id>/arrival.json` up to date (see ArrivalRecord). */
   private record({ id, name, source, pid, dir }: Arrival): void {
     const record: ArrivalRecord = { id, name, source, ...(pid === undefined ? {} : { pid }) };
-    writeRecordFile(join(dir, RECORD_FILE), Buffer.from(JSON.stringify(record)), false);
+    writeRecordFile(join(dir, ARRIVAL_RECORD_FILE), Buffer.from(JSON.stringify(record)), false);
   }
 
   /** Removes what a migration received and ends what it started. */

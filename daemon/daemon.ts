@@ -12,11 +12,12 @@ import { formatAddress, openDaemon, parseAddress, within, type Address } from '.
 import { answerHandshake, DEFAULT_HANDSHAKE_TIMEOUT, REFUSALS } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME, encode, NOTIFICATION, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
 import { ARRIVAL_ENV } from '../runtime/register.js';
-import { Arrivals, type Outcome } from './arrive.js';
+import { Arrivals } from './arrive.js';
+import type { Outcome } from './settle.js';
 import { end } from './launch.js';
 import { Forwards } from './forwards.js';
 import { Coordinator } from './migrate.js';
-import type { SourceContext } from './move.js';
+import { checkMigrate, type SourceContext } from './move.js';
 import { Recovery } from './recover.js';
 import { checkName, checkRegistration, isMoveId, Names, type Listing, type Registration, type Server } from './names.js';
 import { BlobStore } from './transfer.js';
@@ -96,7 +97,6 @@ export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024;
 
 /** How many daemons a lookup may follow forwarding entries through. */
 const MAX_HOPS = 8;
-const MIN_GRACE_MS = 0;
 
 function isAlive(server: Server): boolean {
   try {
@@ -402,18 +402,4 @@ class NameDaemon implements Daemon {
   private unregister(server: Server, why: string): void {
     if (this.names.unregister(server)) this.options.log(`unregister ${server.name} pid ${server.pid} (${why})`);
   }
-}
-
-function checkMigrate(value: unknown): { name: string; to: string; graceMs: number } {
-  const { name, to, graceMs } = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
-  if (typeof to !== 'string') throw new RpcmigError('BAD_REQUEST', 'migrate needs { name, to: "host:port", graceMs }');
-  let where: Address;
-  try {
-    where = parseAddress(to);
-  } catch (error) {
-    throw new RpcmigError('BAD_REQUEST', (error as Error).message);
-  }
-  const grace = graceMs === undefined ? 60_000 : Number(graceMs);
-  if (!Number.isFinite(grace) || grace < MIN_GRACE_MS) throw new RpcmigError('BAD_REQUEST', 'graceMs must be a number of milliseconds >= 0');
-  return { name: checkName(name), to: formatAddress(where), graceMs: grace };
 }

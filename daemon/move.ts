@@ -1,11 +1,11 @@
 // A move as the source daemon's coordinator (migrate.ts) holds it: what it is told, what it
 // reports (its breakdown, or how it failed), its steps and the time-outs that bound each of them.
-import type { DaemonLink } from '../runtime/daemonlink.js';
+import { formatAddress, parseAddress, type Address, type DaemonLink } from '../runtime/daemonlink.js';
 import { RpcmigError } from '../runtime/errors.js';
 import type { SnapshotReport } from '../runtime/migrating.js';
 import type { Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
-import type { Names, Server } from './names.js';
+import { checkName, type Names, type Server } from './names.js';
 import type { Meter } from './progress.js';
 
 export interface SourceContext {
@@ -98,4 +98,19 @@ export function failure(move: Move, error: unknown, source: string): RpcmigError
 export function describe(error: unknown): string {
   if (error instanceof RpcmigError) return error.code === 'MIGRATION_FAILED' ? error.message : `${error.code}: ${error.message}`;
   return error instanceof Error ? error.message : String(error);
+}
+
+/** The `migrate` request as the CLI sends it, checked: a server's name, a daemon's address, a grace period. */
+export function checkMigrate(value: unknown): MigrateRequest {
+  const { name, to, graceMs } = (typeof value === 'object' && value !== null ? value : {}) as Record<string, unknown>;
+  if (typeof to !== 'string') throw new RpcmigError('BAD_REQUEST', 'migrate needs { name, to: "host:port", graceMs }');
+  let where: Address;
+  try {
+    where = parseAddress(to);
+  } catch (error) {
+    throw new RpcmigError('BAD_REQUEST', (error as Error).message);
+  }
+  const grace = graceMs === undefined ? 60_000 : Number(graceMs);
+  if (!Number.isFinite(grace) || grace < 0) throw new RpcmigError('BAD_REQUEST', 'graceMs must be a number of milliseconds >= 0');
+  return { name: checkName(name), to: formatAddress(where), graceMs: grace };
 }

@@ -14,6 +14,9 @@ const MAX_STATE_BYTES = 2 ** 32;
 const ID = /^[0-9a-f]{16}$/;
 const PROGRAM_ID = /^[0-9a-f]{64}$/;
 
+/** Where a destination keeps the record of a move: `arriving/<id>/arrival.json`. */
+export const ARRIVAL_RECORD_FILE = 'arrival.json';
+
 /**
  * What `arriving/<id>/arrival.json` holds from the prepare until the source's commit or abort:
  * whom to ask how the move ended should this daemon stop before it hears, and which process
