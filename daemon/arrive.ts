@@ -13,9 +13,9 @@ import { writeStateFile as writeRecordFile } from '../runtime/statefile.js';
 import { RpcmigError } from '../runtime/errors.js';
 import { STANDBY_ENV } from '../runtime/state.js';
 import { deferred, type Deferred } from './deferred.js';
-import { launch, tail, type Launched } from './launch.js';
+import { launch, tail, type Launch, type Launched, type Spares } from './launch.js';
 import type { Server } from './names.js';
-import { ARRIVAL_RECORD_FILE, checkShipment, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
+import { ARRIVAL_RECORD_FILE, checkShipment, marksOf, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
 import { Settlement } from './settle.js';
 import { BlobReceiver, BlobStore, materialize } from './transfer.js';
 
@@ -23,6 +23,8 @@ export interface ArrivalContext {
   spool: string;
   key: Buffer;
   store: BlobStore;
+  /** Node processes started ahead of moves, in which standbys start. */
+  spares: Spares;
   /** What the started server is told: its daemon, the key file, the host to listen on. */
   serverEnv: Record<string, string>;
   /** True when a server of that name serves here (not one in its grace period). */
@@ -49,6 +51,8 @@ interface Arrival extends Shipment {
   receiver: BlobReceiver;
   state: StateWriter;
   pid?: number;
+  /** The spare the standby started in (see ArrivalRecord). */
+  spare?: string;
   /** Where the started server serves, once it does. */
   arrived?: Arrived;
   /** The process started ahead of the state: ready once it called `standby`, at its gate once the program waits for its state. */
@@ -149,15 +153,18 @@ export class Arrivals {
     const bootstrap = standbyScript(join(program, arrival.entry));
     if (bootstrap === undefined) return { standby: false };
     const log = await this.logFile(arrival);
-    const launched = launch({
+    const spec: Launch = {
       program, entry: relative(program, bootstrap), cwd: arrival.cwd, argv: [join(program, arrival.entry), ...arrival.argv],
       execArgv: arrival.execArgv, log, env: { ...this.ctx.serverEnv, [STANDBY_ENV]: arrival.id, [ARRIVAL_ENV]: arrival.id }, pipe: true,
-    });
+    };
+    const spare = this.ctx.spares.take(spec, `rpcmig move ${arrival.id}: ${arrival.name}`);
+    const launched = spare ?? launch(spec);
     arrival.pid = launched.pid;
+    arrival.spare = spare?.token;
     this.record(arrival);
     const standby = { launched, log, called: deferred<void>(), atGate: deferred<void>() };
     arrival.standby = standby;
-    this.ctx.log(`migration ${arrival.id}: standby for ${arrival.name} pid ${launched.pid} (log ${log})`);
+    this.ctx.log(`migration ${arrival.id}: standby for ${arrival.name} pid ${launched.pid}${spare ? ' (a spare)' : ''} (log ${log})`);
     // Ready before the source is signalled, so that its start-up is not part of the pause.
     const died = launched.exited.then((how) => Promise.reject(refuseMigration(`the standby ${how}${lastWords(log)}`)));
     const late = () => refuseMigration(`the standby was not ready within ${START_TIMEOUT_MS} ms${lastWords(log)}`);
@@ -287,17 +294,22 @@ export class Arrivals {
     return this.settlement.state(arrival);
   }
 
+  /** What the environment of a process the move `id` started holds (see launch.ts, `end`). */
+  marks(id: string): string[] {
+    return marksOf(this.arrivals.get(id) ?? this.settlement.record(id) ?? { id });
+  }
+
   /** A started server whose commit never came (the source's word was lost): the source is asked. */
   private unheard(arrival: Arrival): void {
     if (this.arrivals.get(arrival.id) !== arrival) return;
     this.ctx.log(`migration ${arrival.id}: no commit ${SETTLE_AFTER_MS} ms after ${arrival.name} started; asking ${arrival.source}`);
     this.arrivals.delete(arrival.id);
-    this.settlement.begin({ id: arrival.id, name: arrival.name, source: arrival.source, pid: arrival.pid });
+    this.settlement.begin({ id: arrival.id, name: arrival.name, source: arrival.source, pid: arrival.pid, spare: arrival.spare });
   }
 
   /** Keeps `arriving/<id>/arrival.json` up to date (see ArrivalRecord). */
-  private record({ id, name, source, pid, dir }: Arrival): void {
-    const record: ArrivalRecord = { id, name, source, ...(pid === undefined ? {} : { pid }) };
+  private record({ id, name, source, pid, spare, dir }: Arrival): void {
+    const record: ArrivalRecord = { id, name, source, ...(pid === undefined ? {} : { pid }), ...(spare === undefined ? {} : { spare }) };
     writeRecordFile(join(dir, ARRIVAL_RECORD_FILE), Buffer.from(JSON.stringify(record)), false);
   }
 

@@ -10,7 +10,7 @@ import { connect, invoke } from '../runtime/client.js';
 import { closeInspectorSignal } from '../runtime/server.js';
 import { DEFAULT_DAEMON_PORT, formatAddress, loadKey, openDaemon, parseAddress, type Address, type DaemonLink } from '../runtime/daemonlink.js';
 import { RpcmigError, type ErrorCode } from '../runtime/errors.js';
-import { startDaemon } from './daemon.js';
+import { MAX_SPARES, startDaemon } from './daemon.js';
 import { breakdownTable, checkBreakdown, checkListing, JSON_RULE, listingTable, toJson } from './output.js';
 import type { Progress } from './progress.js';
 import { EXIT, USAGE } from './usage.js';
@@ -30,7 +30,7 @@ const DAEMON = { daemon: { type: 'string' }, json: { type: 'boolean' }, ...KEY_F
 
 const COMMANDS: Record<string, Command> = {
   daemon: {
-    options: { listen: { type: 'string' }, advertise: { type: 'string' }, dir: { type: 'string' }, ...KEY_FILE },
+    options: { listen: { type: 'string' }, advertise: { type: 'string' }, dir: { type: 'string' }, spares: { type: 'string' }, ...KEY_FILE },
     run: runDaemon,
   },
   keygen: { options: { force: { type: 'boolean' } }, run: runKeygen },
@@ -71,6 +71,12 @@ function envNumber(name: string): number | undefined {
   return Number(text);
 }
 
+function spareCount(text: string | undefined): number | undefined {
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text) || Number(text) > MAX_SPARES) throw new UsageError(`--spares must be an integer from 0 to ${MAX_SPARES}; got ${JSON.stringify(text)}`);
+  return Number(text);
+}
+
 function log(line: string): void {
   process.stderr.write(`rpcmig daemon: ${line}\n`);
 }
@@ -81,7 +87,7 @@ async function runDaemon(values: Values, positionals: string[]): Promise<number>
   const advertise = values.advertise === undefined ? undefined : address(values.advertise as string, '--advertise');
   const dir = resolve((values.dir as string | undefined) ?? join(homedir(), '.rpcmig'));
   const options = {
-    listen, advertise, dir, log,
+    listen, advertise, dir, log, spares: spareCount(values.spares as string | undefined),
     handshakeTimeout: envNumber('RPCMIG_HANDSHAKE_TIMEOUT_MS'),
     maxFrame: envNumber('RPCMIG_MAX_FRAME'),
     pidCheckInterval: envNumber('RPCMIG_PID_CHECK_MS'),

@@ -11,10 +11,9 @@ import { RpcmigError, type WireError } from '../runtime/errors.js';
 import { formatAddress, openDaemon, parseAddress, within, type Address } from '../runtime/daemonlink.js';
 import { answerHandshake, DEFAULT_HANDSHAKE_TIMEOUT, REFUSALS } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME, encode, NOTIFICATION, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
-import { ARRIVAL_ENV } from '../runtime/register.js';
 import { Arrivals } from './arrive.js';
 import type { Outcome } from './settle.js';
-import { end } from './launch.js';
+import { end, Spares } from './launch.js';
 import { Forwards } from './forwards.js';
 import { Coordinator } from './migrate.js';
 import { checkMigrate, type SourceContext } from './move.js';
@@ -40,6 +39,8 @@ export interface DaemonOptions {
   pidCheckInterval?: number;
   /** Connections one peer host may hold open at once; more are closed at once. */
   maxConnectionsPerPeer?: number;
+  /** Node processes kept started for moves to this host (`--spares`): their standbys skip Node's start-up. Default 1. */
+  spares?: number;
   /** One line per event, without a prefix or newline. */
   log: (line: string) => void;
 }
@@ -81,6 +82,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   const address = typeof bound === 'object' && bound ? { host: bound.address, port: bound.port } : options.listen;
   const daemon = new NameDaemon(server, address, options, await BlobStore.open(options.dir));
   await daemon.init();
+  daemon.spares.fill();
   return daemon;
 }
 
@@ -94,6 +96,10 @@ function keyFileFor(options: DaemonOptions): string {
 
 /** Connections one host may hold open to a daemon: every server there holds one, so it is ample. */
 export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024;
+
+/** Spares a daemon keeps: a move to it takes one, and the next starts once that move is under way. */
+export const DEFAULT_SPARES = 1;
+export const MAX_SPARES = 16;
 
 /** How many daemons a lookup may follow forwarding entries through. */
 const MAX_HOPS = 8;
@@ -117,6 +123,7 @@ class NameDaemon implements Daemon {
   private readonly coordinator: Coordinator;
   private readonly recovery: Recovery;
   private readonly arrivals: Arrivals;
+  readonly spares: Spares;
   private readonly sockets = new Set<Socket>();
   /** Open connections by peer host, for the per-peer limit. */
   private readonly perHost = new Map<string, number>();
@@ -162,11 +169,12 @@ class NameDaemon implements Daemon {
     this.coordinator = new Coordinator(source);
     this.recovery = new Recovery(source);
     const host = parseAddress(this.advertised).host;
+    const serverEnv = { RPCMIG_DAEMON: this.advertised, RPCMIG_KEY_FILE: keyFileFor(options), RPCMIG_HOST: host };
+    this.spares = new Spares({ count: options.spares ?? DEFAULT_SPARES, dir: join(options.dir, 'spares'), env: serverEnv, log });
     this.arrivals = new Arrivals({
-      spool: options.dir, key: options.key, store, log,
+      spool: options.dir, key: options.key, store, log, spares: this.spares, serverEnv,
       confirm: (name, id) => this.confirm(name, id),
       evict: (name, id) => this.evict(name, id),
-      serverEnv: { RPCMIG_DAEMON: this.advertised, RPCMIG_KEY_FILE: keyFileFor(options), RPCMIG_HOST: host },
       serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
     });
     this.sweeper = setInterval(() => this.sweep(), options.pidCheckInterval ?? 1000).unref();
@@ -184,6 +192,7 @@ class NameDaemon implements Daemon {
 
   async close(): Promise<void> {
     clearInterval(this.sweeper);
+    this.spares.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const socket of this.sockets) socket.destroy();
     await closed;
@@ -318,7 +327,7 @@ class NameDaemon implements Daemon {
     if (arrival === undefined) return undefined;
     const verdict = this.arrivals.verdict(arrival, name);
     if (verdict !== 'abandoned' && verdict !== 'misnamed') return verdict;
-    end(pid, ARRIVAL_ENV, arrival);
+    end(pid, this.arrivals.marks(arrival));
     const why = verdict === 'abandoned' ? `move ${arrival} was rolled back; ${name} serves at its source` : `move ${arrival} brings another server, not ${name}`;
     this.options.log(`refused register ${name} pid ${pid}: ${why}; ended it`);
     throw new RpcmigError('MIGRATION_FAILED', why);
@@ -366,7 +375,7 @@ class NameDaemon implements Daemon {
     const server = this.names.all().find((s) => s.name === name && s.arrival === id);
     if (!server) return;
     this.unregister(server, `move ${id} was rolled back`);
-    end(server.pid, ARRIVAL_ENV, id);
+    end(server.pid, this.arrivals.marks(id));
   }
 
   private notify(server: Server, method: string, params: unknown[]): void {

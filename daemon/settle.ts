@@ -4,10 +4,9 @@
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { openDaemon, within } from '../runtime/daemonlink.js';
-import { ARRIVAL_ENV } from '../runtime/register.js';
 import type { ArrivalContext } from './arrive.js';
 import { end } from './launch.js';
-import { ARRIVAL_RECORD_FILE, checkRecord, type ArrivalRecord } from './shipment.js';
+import { ARRIVAL_RECORD_FILE, checkRecord, marksOf, type ArrivalRecord } from './shipment.js';
 
 /** How a move ended, as its source daemon tells it. */
 export type Outcome = 'committed' | 'aborted' | 'pending';
@@ -76,7 +75,7 @@ export class Settlement {
         this.unsettled.delete(id);
         this.abandoned.add(id);
         this.ctx.evict(name, id);
-        if (record.pid !== undefined && end(record.pid, ARRIVAL_ENV, id)) this.ctx.log(`migration ${id}: ended pid ${record.pid}`);
+        if (record.pid !== undefined && end(record.pid, marksOf(record))) this.ctx.log(`migration ${id}: ended pid ${record.pid}`);
         this.ctx.log(`migration ${id}: ${source} rolled it back; ${name} serves there, not here`);
       } else {
         await new Promise((resolve) => setTimeout(resolve, SETTLE_RETRY_MS));

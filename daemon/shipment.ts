@@ -6,6 +6,8 @@ import { rm } from 'node:fs/promises';
 import { posix } from 'node:path';
 import { parseAddress } from '../runtime/daemonlink.js';
 import { RpcmigError } from '../runtime/errors.js';
+import { ARRIVAL_ENV } from '../runtime/register.js';
+import { SPARE_ENV } from './launch.js';
 import { checkName } from './names.js';
 import { manifestId, validateManifest, type Manifest } from './transfer.js';
 import { isFileEntry } from './validate.js';
@@ -29,6 +31,13 @@ export interface ArrivalRecord {
   /** The source daemon's address. */
   source: string;
   pid?: number;
+  /** The token of the spare that became the move's standby (see launch.ts, `Spares`). */
+  spare?: string;
+}
+
+/** What the environment of a process the move started holds, as it started (see launch.ts, `end`). */
+export function marksOf({ id, spare }: Pick<ArrivalRecord, 'id' | 'spare'>): string[] {
+  return [`${ARRIVAL_ENV}=${id}`, ...(spare === undefined ? [] : [`${SPARE_ENV}=${spare}`])];
 }
 
 /** What the source sends first about the move, whatever it sends of the program. */
@@ -129,9 +138,9 @@ function relativePath(value: unknown, what: string): string {
 
 export function checkRecord(text: string): ArrivalRecord | undefined {
   try {
-    const { id, name, source, pid } = JSON.parse(text) as Partial<ArrivalRecord>;
+    const { id, name, source, pid, spare } = JSON.parse(text) as Partial<ArrivalRecord>;
     if (typeof id !== 'string' || !ID.test(id) || typeof name !== 'string' || typeof source !== 'string') return undefined;
-    return { id, name, source, ...(Number.isSafeInteger(pid) && pid! > 0 ? { pid } : {}) };
+    return { id, name, source, ...(Number.isSafeInteger(pid) && pid! > 0 ? { pid } : {}), ...(typeof spare === 'string' && ID.test(spare) ? { spare } : {}) };
   } catch {
     return undefined;
   }

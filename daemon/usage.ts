@@ -1,7 +1,7 @@
 // The CLI's help texts and exit codes: what `rpcmig --help` promises, kept in one place.
 import { DEFAULT_HANDSHAKE_TIMEOUT } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME } from '../runtime/wire.js';
-import { DEFAULT_MAX_CONNECTIONS_PER_PEER } from './daemon.js';
+import { DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_SPARES, MAX_SPARES } from './daemon.js';
 
 export const EXIT = {
   ok: 0,
@@ -50,7 +50,7 @@ Exit codes:
   9  the migration failed; the message names the step, and the server serves on
      where it was
 `,
-  daemon: `Usage: rpcmig daemon [--listen HOST:PORT] [--advertise HOST:PORT] [--dir DIR] [--key-file FILE]
+  daemon: `Usage: rpcmig daemon [--listen HOST:PORT] [--advertise HOST:PORT] [--dir DIR] [--spares N] [--key-file FILE]
 
 Runs this host's daemon in the foreground until SIGINT or SIGTERM. Every connection
 must prove it holds the cluster key before anything else is read. Prints one line
@@ -60,6 +60,8 @@ Options:
   --listen HOST:PORT     where to listen (default: 127.0.0.1:4111; port 0 picks a free one)
   --advertise HOST:PORT  the address other hosts and clients use (default: the listening one)
   --dir DIR              the spool, created mode 0700 (default: ~/.rpcmig)
+  --spares N             Node processes kept started, 0 to ${MAX_SPARES}, so that a server moving
+                         here does not wait for Node to start (default: ${DEFAULT_SPARES})
 ${KEY_OPTION}
 ${HELP_OPTION}
 

@@ -6,7 +6,8 @@
 // restore of the first @migrate variable, or serve()): that read waits, blocking, for the
 // daemon's word on standard input that the file is whole. Only decoding the state, the rest
 // of the program's start and its registration remain on the clients' critical path. A daemon
-// that goes away before its word closes the pipe, and the standby exits.
+// that goes away before its word closes the pipe, and the standby exits. In a daemon's spare,
+// Node has started before the move, and the runtime may be loaded and warm (`prepare`).
 //   node standby.js ENTRY [ARG ...]     with RPCMIG_STANDBY=<migration id>, RPCMIG_DAEMON, RPCMIG_KEY_FILE
 import { readSync } from 'node:fs';
 import Module from 'node:module';
@@ -32,16 +33,36 @@ async function warmUp(): Promise<void> {
   await server.close();
 }
 
+let prepared: Promise<void> | undefined;
+
+/**
+ * All a standby does before it knows its move: loading this runtime (through the ESM loader
+ * too: an ES module program imports `rpcmig`, and `rpcmig/state` in the code the transformer
+ * injects, through it, and it reads the export names of a CommonJS module once per process)
+ * and warming it up. A daemon's spare (daemon/spare.ts) does it ahead of any move, for the
+ * program that last arrived on its host.
+ */
+export function prepare(): Promise<void> {
+  prepared ??= (async () => {
+    for (const module of ['./index.js', './state.js']) await import(pathToFileURL(require.resolve(module)).href);
+    await warmUp();
+  })();
+  return prepared;
+}
+
+/** Runs the standby: `process.argv` is `[node, this script, ENTRY, ...ARGS]`; the environment names the move. */
+export function run(): void {
+  main().catch((error: Error) => {
+    process.stderr.write(`rpcmig standby: ${error.message}\n`);
+    process.exit(1);
+  });
+}
+
 async function main(): Promise<void> {
   const id = process.env[STANDBY_ENV];
   const [entry, ...argv] = process.argv.slice(2);
   if (!id || !entry) throw new Error(`usage: ${STANDBY_ENV}=<id> node standby.js ENTRY [ARG ...]`);
-  // An ES module program imports this runtime (`rpcmig`, and `rpcmig/state` in the code the
-  // transformer injects) through the ESM loader, which reads the export names of a CommonJS
-  // module once per process: done here, it is off the critical path.
-  for (const module of ['./index.js', './state.js']) await import(pathToFileURL(require.resolve(module)).href);
-  await warmUp();
-  const link = await openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey());
+  const [link] = await Promise.all([openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey()), prepare()]);
   const { statePath } = (await link.call('standby', [id])) as { statePath: string };
   delete process.env[STANDBY_ENV];
   process.env[RESTORE_ENV] = statePath;
@@ -78,7 +99,4 @@ function awaitGo(): void {
   throw new Error('no word from the daemon');
 }
 
-main().catch((error: Error) => {
-  process.stderr.write(`rpcmig standby: ${error.message}\n`);
-  process.exit(1);
-});
+if (require.main === module) run();

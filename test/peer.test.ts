@@ -40,7 +40,8 @@ const moveId = (): string => randomBytes(8).toString('hex');
  * Every path in the spool, to show what a refused move left there; but the blob store's
  * marker of unsynced blobs, which comes and goes on its own timer.
  */
-const listing = (): string[] => readdirSync(spool, { recursive: true }).map(String).filter((p) => p !== join('blobs', 'unsynced')).sort();
+/** The spool, but for the spares' logs (spares come and go). */
+const listing = (): string[] => readdirSync(spool, { recursive: true }).map(String).filter((p) => p !== join('blobs', 'unsynced') && !p.startsWith('spares')).sort();
 const gone = (id: string): boolean => !listing().includes(join('arriving', id));
 
 /** What a source sends first, for the counter fixture (nobody listens at the source's address). */

@@ -29,9 +29,9 @@ export class Cluster {
   /** Pids of servers seen on any daemon, with that daemon's address: ended by `end` and `close`. */
   private readonly servers = new Map<number, string>();
 
-  /** Starts a daemon with its own spool; `env` reaches the daemon (and what it starts). */
-  async daemon(env: NodeJS.ProcessEnv = {}): Promise<DaemonProcess> {
-    const daemon = await startDaemonProcess(this.key.file, join(this.dir, `host${this.daemons.length}`), env);
+  /** Starts a daemon with its own spool; `env` reaches the daemon (and what it starts); `args` are more options of `rpcmig daemon`. */
+  async daemon(env: NodeJS.ProcessEnv = {}, args: string[] = []): Promise<DaemonProcess> {
+    const daemon = await startDaemonProcess(this.key.file, join(this.dir, `host${this.daemons.length}`), env, undefined, args);
     this.daemons.push(daemon);
     return daemon;
   }
@@ -130,26 +130,47 @@ export class Cluster {
       }
       await waitFor(() => !isAlive(pid), 3000);
     }));
+    // Their spares end with them (their standard input closes); one that did not is ended too.
+    const spares = [...addresses].flatMap((address) => sparesOf(address));
     await Promise.all(ending.map((daemon) => stop(daemon.pid)));
     for (const daemon of ending) this.daemons.splice(this.daemons.indexOf(daemon), 1);
+    await Promise.all(spares.map(async (pid) => {
+      if (await waitFor(() => !isAlive(pid), 3000)) return;
+      process.kill(pid, 'SIGKILL');
+      await waitFor(() => !isAlive(pid), 3000);
+    }));
   }
 }
 
-/** Processes the daemon at `address` started for a move (its standbys and moved servers), or for the move `id`, by their environment. */
+/**
+ * Processes the daemon at `address` started for a move (its standbys and moved servers), or for
+ * the move `id`: by their environment, or, for one that began as a spare, by the title it took.
+ */
 export function startedBy(address: string, id?: string): number[] {
-  const pids: number[] = [];
+  return processesOf(address).filter(({ environ, cmdline }) =>
+    environ.some((v) => v.startsWith(`RPCMIG_ARRIVAL=${id ?? ''}`) || v.startsWith(`RPCMIG_STANDBY=${id ?? ''}`))
+    || cmdline.startsWith(`rpcmig move ${id ?? ''}`)).map(({ pid }) => pid);
+}
+
+/** The spares of the daemon at `address` that no move took. */
+export function sparesOf(address: string): number[] {
+  return processesOf(address).filter(({ environ, cmdline }) => environ.some((v) => v.startsWith('RPCMIG_SPARE=')) && !cmdline.startsWith('rpcmig move ')).map(({ pid }) => pid);
+}
+
+/** Processes whose environment, as they started, names the daemon at `address`. */
+function processesOf(address: string): { pid: number; environ: string[]; cmdline: string }[] {
+  const found = [];
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    let environ: string[];
     try {
-      environ = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
+      const environ = readFileSync(`/proc/${entry}/environ`, 'latin1').split('\0');
+      if (!environ.includes(`RPCMIG_DAEMON=${address}`)) continue;
+      found.push({ pid: Number(entry), environ, cmdline: readFileSync(`/proc/${entry}/cmdline`, 'latin1') });
     } catch {
       continue;
     }
-    const moved = environ.some((v) => v.startsWith(`RPCMIG_ARRIVAL=${id ?? ''}`) || v.startsWith(`RPCMIG_STANDBY=${id ?? ''}`));
-    if (moved && environ.includes(`RPCMIG_DAEMON=${address}`)) pids.push(Number(entry));
   }
-  return pids;
+  return found;
 }
 
 /** True once the process is stopped (state T in /proc/PID/stat). */

@@ -39,8 +39,8 @@ export interface DaemonProcess extends Started {
 }
 
 /** Starts `rpcmig daemon --listen 127.0.0.1:0` (or `listen`) with the spool `dir/spool`, and waits for its listening line. */
-export async function startDaemonProcess(keyFile: string, dir: string, env: NodeJS.ProcessEnv = {}, listen = '127.0.0.1:0'): Promise<DaemonProcess> {
-  const args = [CLI, 'daemon', '--listen', listen, '--dir', join(dir, 'spool'), '--key-file', keyFile];
+export async function startDaemonProcess(keyFile: string, dir: string, env: NodeJS.ProcessEnv = {}, listen = '127.0.0.1:0', options: string[] = []): Promise<DaemonProcess> {
+  const args = [CLI, 'daemon', '--listen', listen, '--dir', join(dir, 'spool'), '--key-file', keyFile, ...options];
   const started = await start(process.execPath, args, { env: cleanEnv(env), ready: /^rpcmig daemon listening on (\S+:\d+) /m });
   return { ...started, address: started.ready[0] };
 }

@@ -1,0 +1,143 @@
+// Spares (DESIGN §3 step 2): a daemon keeps a Node process started ahead of moves; a move's
+// standby starts in it, and one that preloads the runtime of the program that last arrived
+// starts warm. The guarantees of a move hold with it: every call exactly once, an abort ends
+// what the move started and leaves the source serving; a spare ends with its daemon, and
+// `--spares 0` keeps none.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { readFileSync } from 'node:fs';
+import { connect, type Client } from '../runtime/index.js';
+import { breakdown, Cluster, COUNTER, sparesOf } from './helpers/cluster.js';
+import type { DaemonProcess } from './helpers/daemon.js';
+import { isAlive, waitFor } from './helpers/process.js';
+
+interface Counter {
+  incr(by?: number): number;
+  get(): number;
+  where(): { pid: number; moves: number; startedAt: number[] };
+}
+
+const cluster = new Cluster();
+const clients: Array<{ close(): Promise<void> }> = [];
+let names = 0;
+
+test.after(async () => {
+  await Promise.all(clients.map((client) => client.close()));
+  await cluster.close();
+});
+
+async function counterOn(daemon: DaemonProcess): Promise<{ name: string; client: Client<Counter> }> {
+  const name = `spared${names++}`;
+  await cluster.server(COUNTER, daemon, ['--name', name]);
+  const client = await connect<Counter>(name, { daemon: daemon.address, keyFile: cluster.key.file });
+  clients.push(client);
+  return { name, client };
+}
+
+const cmdline = (pid: number): string => {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'latin1').replace(/\0+/g, ' ').trim();
+  } catch {
+    return '';
+  }
+};
+
+/** The standby the destination's log names for the move of `name`, numbered `nth` from 0, and whether it was a spare. */
+function standbyOf(daemon: DaemonProcess, name: string, nth = 0): { id: string; pid: number; spare: boolean } {
+  const match = [...daemon.stderr().matchAll(new RegExp(`migration (\\w+): standby for ${name} pid (\\d+)( \\(a spare\\))?`, 'g'))][nth];
+  assert.ok(match, `no standby for ${name} (#${nth}) in:\n${daemon.stderr()}`);
+  return { id: match[1], pid: Number(match[2]), spare: match[3] !== undefined };
+}
+
+const oneSpare = (daemon: DaemonProcess) => waitFor(() => sparesOf(daemon.address).length === 1, 10_000);
+
+test('a move runs its standby in a spare, which then preloads that program for the next move; every call counts once', async () => {
+  const [a, b] = [await cluster.daemon(), await cluster.daemon()];
+  assert.ok(await oneSpare(a) && await oneSpare(b), 'each daemon keeps one spare');
+  const [idle] = sparesOf(b.address);
+  assert.match(cmdline(idle), /daemon\/spare\.js$/, 'a first spare preloads nothing');
+  const { name, client } = await counterOn(a);
+  let acknowledged = 0;
+  const errors: string[] = [];
+  let running = true;
+  const load = (async () => {
+    for (let round = 0; running && round < 200_000; round++) {
+      await client.incr(1).then(() => acknowledged++, (error: Error) => errors.push(error.message));
+    }
+  })();
+  breakdown(await cluster.migrate(name, a, b, ['--grace', '1']));
+  const first = standbyOf(b, name);
+  assert.ok(first.spare && first.pid === idle, `the move took the spare (${idle}): ${JSON.stringify(first)}`);
+  assert.ok(cmdline(first.pid).startsWith(`rpcmig move ${first.id}`), `its title names the move: ${cmdline(first.pid)}`);
+  assert.is((await client.where()).pid, first.pid, 'the spare serves');
+  // Another spare follows, preloading the standby of the program that arrived.
+  assert.ok(await waitFor(() => sparesOf(b.address).some((pid) => /programs\/\w+\/node_modules\/rpcmig\/dist\/runtime\/standby\.js$/.test(cmdline(pid))), 10_000),
+    `no spare preloads the program: ${sparesOf(b.address).map(cmdline)}`);
+  const [warm] = sparesOf(b.address);
+  breakdown(await cluster.migrate(name, b, a, ['--grace', '1']));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  breakdown(await cluster.migrate(name, a, b, ['--grace', '1']));
+  const again = standbyOf(b, name, 1);
+  assert.ok(again.spare && again.pid === warm, `the second move to b took the warm spare (${warm}): ${JSON.stringify(again)}`);
+  assert.is((await client.where()).pid, warm);
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  running = false;
+  await load;
+  assert.equal(errors, [], 'no call failed');
+  assert.ok(acknowledged > 100, `only ${acknowledged} increments`);
+  assert.is(await client.get(), acknowledged, 'every acknowledged increment counted once');
+  assert.is((await client.where()).moves, 3);
+  await cluster.end([a, b]);
+});
+
+test('an aborted move ends the spare it took; the source serves on with its state; another spare follows', async () => {
+  const a = await cluster.daemon();
+  const b = await cluster.daemon({ RPCMIG_FAILPOINTS: 'arrive.start.before=error' });
+  assert.ok(await oneSpare(b));
+  const [idle] = sparesOf(b.address);
+  const { name, client } = await counterOn(a);
+  await client.incr(41);
+  const result = await cluster.migrate(name, a, b, ['--grace', '1']);
+  assert.is(result.code, 9, result.stderr);
+  assert.match(result.stderr, /start failed/);
+  const taken = standbyOf(b, name);
+  assert.ok(taken.spare && taken.pid === idle, JSON.stringify(taken));
+  assert.ok(await waitFor(() => !isAlive(taken.pid), 5000), 'the standby the spare became is ended');
+  assert.is(await client.incr(1), 42, 'the source serves on with its state');
+  assert.ok(await waitFor(() => sparesOf(b.address).length === 1 && !sparesOf(b.address).includes(idle), 10_000), 'another spare is ready');
+  await cluster.end([a, b]);
+});
+
+test('a spare ends with its daemon, even one killed', async () => {
+  const a = await cluster.daemon();
+  assert.ok(await oneSpare(a));
+  const [spare] = sparesOf(a.address);
+  process.kill(a.pid, 'SIGKILL');
+  assert.ok(await waitFor(() => !isAlive(spare), 5000), `spare ${spare} outlived its daemon`);
+  await cluster.end([a]);
+});
+
+test('--spares 0 keeps none: the standby starts cold and the move completes', async () => {
+  const a = await cluster.daemon();
+  const b = await cluster.daemon({}, ['--spares', '0']);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  assert.equal(sparesOf(b.address), []);
+  const { name, client } = await counterOn(a);
+  await client.incr(7);
+  breakdown(await cluster.migrate(name, a, b, ['--grace', '1']));
+  const standby = standbyOf(b, name);
+  assert.not.ok(standby.spare);
+  assert.is((await client.where()).pid, standby.pid);
+  assert.is(await client.incr(1), 8);
+  await cluster.end([a, b]);
+});
+
+test('--spares takes an integer from 0 to 16', async () => {
+  for (const bad of ['17', '1.5', 'two']) {
+    const result = await cluster.cli(['daemon', '--spares', bad, '--listen', '127.0.0.1:0', '--dir', `${cluster.dir}/unused`]);
+    assert.is(result.code, 2, `${bad}: ${result.stderr}`);
+    assert.match(result.stderr, /--spares must be an integer from 0 to 16/);
+  }
+});
+
+test.run();
