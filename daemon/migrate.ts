@@ -18,7 +18,14 @@ import { buildManifest, manifestId, sendBlobs, sendFile, type Manifest } from '.
 import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
-import { COMMITTED_KEPT, describe, failure, QUIESCE_TIMEOUT_MS, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step } from './move.js';
+import { COMMITTED_KEPT, describe, failure, INLINE_STATE_MAX, ProgramChanged, QUIESCE_TIMEOUT_MS, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step } from './move.js';
+
+/**
+ * A walk of a program's tree that listed it in at most this long last time may run on beside
+ * the move (its files' hashes are cached: it stats them): the commit waits for it, with the
+ * server paused. A longer one is waited for before the server is signalled.
+ */
+const OVERLAPPED_WALK_MS = 250;
 
 export class Coordinator {
   private readonly moves = new Map<Server, Move>();
@@ -26,11 +33,27 @@ export class Coordinator {
   private readonly programs = new Map<string, string>();
   /** Moves this daemon committed, newest last (the forwarding entries keep them across restarts). */
   private readonly committed = new Set<string>();
+  /** How long the last walk of each program root took to list and stat its tree. */
+  private readonly walkMs = new Map<string, number>();
 
   constructor(private readonly ctx: SourceContext) {}
 
-  /** The `migrate` method: runs every step; on failure rolls back and throws MIGRATION_FAILED. */
+  /**
+   * The `migrate` method: runs every step; on failure rolls back and throws MIGRATION_FAILED.
+   * A move rolled back because its program changed while it ran goes again, once, with the
+   * program as it is now.
+   */
   async migrate(request: MigrateRequest, report: (progress: Progress) => void = () => undefined): Promise<Breakdown> {
+    try {
+      return await this.attempt(request, report, true);
+    } catch (error) {
+      if (!(error instanceof ProgramChanged)) throw error;
+      this.ctx.log(`${request.name}'s program changed while it moved; moving it again`);
+      return this.attempt(request, report, false);
+    }
+  }
+
+  private async attempt(request: MigrateRequest, report: (progress: Progress) => void, again: boolean): Promise<Breakdown> {
     const move = this.order(request, report);
     try {
       return await Promise.race([this.steps(move), move.stalled.promise]);
@@ -38,6 +61,7 @@ export class Coordinator {
       // Past the commit point the move is final whatever failed: it is finished, not undone.
       if (move.committed) return await this.finish(move);
       await this.abort(move, error);
+      if (error instanceof ProgramChanged && again) throw error;
       throw failure(move, error, this.ctx.advertised);
     } finally {
       clearTimeout(move.watchdog);
@@ -102,7 +126,7 @@ export class Coordinator {
     if (!move || move.over || move.step !== 'signal') return null;
     move.step = 'quiesce';
     move.orderTaken = performance.now();
-    return { id: move.id, statePath: move.statePath };
+    return { id: move.id, statePath: move.statePath, inline: INLINE_STATE_MAX };
   }
 
   /** The `snapshot` method: the server reports its snapshot written, or failed. */
@@ -110,7 +134,10 @@ export class Coordinator {
     const move = server && this.moves.get(server);
     const report = value as SnapshotReport | null;
     if (!move || report?.id !== move.id) throw new RpcmigError('BAD_REQUEST', 'no migration of this server awaits that snapshot');
-    if (typeof report.error === 'string') move.snapshot.reject(new Error(report.error));
+    const { state } = report;
+    if (state !== undefined && (!(state instanceof Uint8Array) || state.length !== report.bytes || state.length > INLINE_STATE_MAX)) {
+      move.snapshot.reject(new Error(`the server reported a snapshot of ${report.bytes} bytes and sent ${state instanceof Uint8Array ? state.length : 'no'} bytes`));
+    } else if (typeof report.error === 'string') move.snapshot.reject(new Error(report.error));
     else move.snapshot.resolve(report);
   }
 
@@ -154,14 +181,20 @@ export class Coordinator {
    * the program's standby, so that Node's start-up overlaps the quiesce. The walk of the
    * program's tree starts at once; for a program this daemon shipped before, the id it had
    * goes out without waiting for the walk, and the standby starts while the walk confirms it.
+   * A walk still running once the standby is ready — a large tree — runs on beside the
+   * signal, the snapshot and the start (if the last walk of that tree was short: the commit
+   * waits for it), so that a cached program costs a move what a small one does.
    */
   private async prepare(move: Move): Promise<void> {
     this.enter(move, 'prepare');
     const root = await realpath(move.server.root);
     const guess = this.programs.get(root);
-    const walked = buildManifest(root, { exclude: [this.ctx.spool] }).then((manifest) => {
+    let walkedId: string | undefined;
+    const walked = buildManifest(root, { exclude: [this.ctx.spool], walked: (ms) => this.walkMs.set(root, ms) }).then(async (manifest) => {
+      if (guess !== undefined) await failpoint('rewalk.after', this.ctx.log);
       const id = manifestId(manifest);
       this.programs.set(root, id);
+      walkedId = id;
       return { manifest, id };
     });
     // Awaited below; until then a refusal must not count as unhandled.
@@ -169,7 +202,13 @@ export class Coordinator {
     await this.greet(move);
     const shipment = await this.shipment(move, root);
     if (guess !== undefined && (await this.offer(move, { ...shipment, program: guess }))) {
-      const [{ id }] = await Promise.all([walked, this.call(move, 'prestart', [move.id], START_TIMEOUT_MS)]);
+      await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);
+      if (walkedId === undefined && (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS) {
+        move.confirmed = walked.then(({ id }) => id === guess);
+        move.confirmed.catch(() => undefined);
+        return;
+      }
+      const { id } = await walked;
       if (id === guess) return;
       // The tree changed since its last move: what the destination prepared is of the old program.
       await this.call(move, 'abort', [move.id, 'the program changed since its last move']);
@@ -239,6 +278,7 @@ export class Coordinator {
     move.figures.quiesce_ms = report.quiesce_ms ?? 0;
     move.figures.snapshot_ms = report.snapshot_ms ?? 0;
     move.figures.state_bytes = report.bytes ?? 0;
+    move.state = report.state;
   }
 
   /**
@@ -260,13 +300,15 @@ export class Coordinator {
     const started = performance.now();
     move.progress.begin('copy', move.figures.state_bytes);
     const state = this.paced(move, 'state');
-    await sendFile(move.statePath, async (offset, bytes, final) => {
+    const piece = async (offset: number, bytes: Uint8Array, final: boolean) => {
       const fault = await failpoint('copy.send', this.ctx.log);
       if (fault === 'drop') move.link!.close();
       if (fault === 'corrupt') bytes[bytes.length >> 1] ^= 0xff;
       await state([move.id, offset, bytes, final]);
       move.progress.add(bytes.length);
-    });
+    };
+    if (move.state) await piece(0, move.state, true);
+    else await sendFile(move.statePath, piece);
     move.figures.copy_ms += performance.now() - started;
   }
 
@@ -286,6 +328,8 @@ export class Coordinator {
   private async commit(move: Move, arrived: { address: string; epoch: number }): Promise<void> {
     this.enter(move, 'commit');
     const { server } = move;
+    // What the destination runs must be the program as it is: a walk still running confirms it first.
+    if (move.confirmed && !(await move.confirmed)) throw new ProgramChanged();
     await this.at(move, 'commit.before');
     // The commit point: from this notification on, the held calls go to the new server.
     server.state = 'moved';
@@ -353,7 +397,7 @@ export class Coordinator {
   private async abort(move: Move, error: unknown): Promise<void> {
     if (move.over) return;
     move.over = true;
-    const reason = `${move.step} failed: ${describe(error)}`;
+    const reason = error instanceof ProgramChanged ? error.message : `${move.step} failed: ${describe(error)}`;
     const { server } = move;
     if (move.orderTaken !== undefined) this.ctx.notify(server, 'abort', [{ id: move.id, reason }]);
     if (server.state === 'migrating') server.state = 'serving';

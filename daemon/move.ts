@@ -68,14 +68,29 @@ export interface Move {
   received: number;
   orderTaken?: number;
   snapshot: Deferred<SnapshotReport>;
+  /** The state file, when the server sent it inline (INLINE_STATE_MAX); else it is at `statePath`. */
+  state?: Uint8Array;
   /** The server's control connection closed mid-move (it exited or crashed). */
   gone?: boolean;
+  /**
+   * The program was named by the id it had at its last move, and the walk of its tree that
+   * confirms it ran on past the prepare: true once it confirms, false if the tree changed.
+   * The move commits only once it has confirmed.
+   */
+  confirmed?: Promise<boolean>;
   figures: Breakdown;
   progress: Meter;
 }
 
 export const STEP_TIMEOUT_MS = Number(process.env.RPCMIG_STEP_TIMEOUT_MS) || 10_000;
 /** The longest call executing when the order comes is waited for this long. */
+/**
+ * A snapshot up to this size comes in the server's report rather than in a file: creating,
+ * writing and renaming a file, then reading it, costs a small state's pause more than the
+ * bytes do. A larger one streams to the file, so that the server holds no second copy.
+ */
+const inlineMax = process.env.RPCMIG_INLINE_STATE_MAX;
+export const INLINE_STATE_MAX = inlineMax !== undefined && /^\d+$/.test(inlineMax) ? Number(inlineMax) : 2 ** 20;
 export const QUIESCE_TIMEOUT_MS = Number(process.env.RPCMIG_QUIESCE_TIMEOUT_MS) || 20_000;
 export const START_TIMEOUT_MS = (Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000) + STEP_TIMEOUT_MS;
 /**
@@ -93,6 +108,13 @@ export function failure(move: Move, error: unknown, source: string): RpcmigError
   const cause = error instanceof RpcmigError ? error.code : undefined;
   const message = `${move.step} failed: ${describe(error)}; ${move.server.name} serves on at ${source}`;
   return new RpcmigError('MIGRATION_FAILED', message, { step: move.step, ...(cause ? { cause } : {}) });
+}
+
+/** The walk of the program's tree, overlapped with the move, found the program changed: rolled back, and moved again. */
+export class ProgramChanged extends Error {
+  constructor() {
+    super('the program changed since its last move');
+  }
 }
 
 export function describe(error: unknown): string {

@@ -6,7 +6,7 @@ import type { DaemonLink } from './daemonlink.js';
 import type { Registration } from './register.js';
 import type { WireError } from './errors.js';
 import { failpoint } from './failpoints.js';
-import { writeSnapshot } from './state.js';
+import { snapshot } from './state.js';
 
 /** A call that arrived while migrating: run it later, or answer it without running it. */
 export interface HeldCall {
@@ -19,6 +19,8 @@ export interface Order {
   id: string;
   /** Where the snapshot goes: a file in the daemon's spool. */
   statePath: string;
+  /** A snapshot of at most this many bytes goes in the report instead (`SnapshotReport.state`); none if absent. */
+  inline?: number;
 }
 
 export type Phase =
@@ -104,6 +106,8 @@ export interface SnapshotReport {
   bytes?: number;
   quiesce_ms?: number;
   snapshot_ms?: number;
+  /** The state file itself, when the order let it come inline; else it is at the order's statePath. */
+  state?: Uint8Array;
   error?: string;
 }
 
@@ -164,22 +168,25 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   const quiesced = performance.now();
   let report: SnapshotReport;
   try {
-    const bytes = writeSnapshot(order.statePath);
+    const { size, inline } = snapshot(order.statePath, order.inline ?? -1);
     const written = performance.now();
-    report = { id: order.id, bytes, quiesce_ms: quiesced - start, snapshot_ms: written - quiesced };
+    report = { id: order.id, bytes: size, quiesce_ms: quiesced - start, snapshot_ms: written - quiesced, ...(inline ? { state: inline } : {}) };
     migration.enter({ name: 'snapshotted', order, since });
   } catch (error) {
     report = { id: order.id, error: `the snapshot failed: ${(error as Error).message}` };
   }
+  // A state sent inline leaves with the report at once: from then on it outlives this process, as a written file does.
+  const reported = report.state ? link.call('snapshot', [report]) : undefined;
+  reported?.catch(() => undefined);
   await failpoint('snapshot.after', log);
-  await link.call('snapshot', [report]).catch((error: Error) => log(`could not report the snapshot: ${error.message}`));
+  await (reported ?? link.call('snapshot', [report])).catch((error: Error) => log(`could not report the snapshot: ${error.message}`));
 }
 
 function checkOrder(value: unknown): Order | null {
   if (value === null || value === undefined) return null;
-  const { id, statePath } = value as Partial<Order>;
+  const { id, statePath, inline } = value as Partial<Order>;
   if (typeof id !== 'string' || typeof statePath !== 'string') throw new Error('the order is not { id, statePath }');
-  return { id, statePath };
+  return { id, statePath, ...(Number.isSafeInteger(inline) ? { inline } : {}) };
 }
 
 function checkVerdict(value: unknown): { id: string; to?: unknown; grace_ms?: unknown; reason?: string } | undefined {

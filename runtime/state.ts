@@ -3,7 +3,7 @@
 // a process started with RPCMIG_RESTORE=<file> performs while its modules initialise.
 import { readFileSync } from 'node:fs';
 import { decodeGraph, encodeGraph } from './codec.js';
-import { decodeStateFile, stateFileParts, writeSnapshotFile, type Fingerprints } from './statefile.js';
+import { decodeStateFile, stateFileParts, takeSnapshot, type Fingerprints } from './statefile.js';
 
 export const RESTORE_ENV = 'RPCMIG_RESTORE';
 /** Set by a daemon on a moved server's standby: the migration whose state it waits for. */
@@ -88,8 +88,13 @@ export function captureState(): Buffer {
 
 /** Writes the state file of this process to `path` as captureState() makes it, streaming its body; returns its size. */
 export function writeSnapshot(path: string): number {
+  return snapshot(path, -1).size;
+}
+
+/** The same, but a state file of at most `inlineMax` bytes is returned (`inline`) instead of written. */
+export function snapshot(path: string, inlineMax: number): { size: number; inline?: Buffer } {
   const { values, fingerprints } = registered();
-  return writeSnapshotFile(path, fingerprints, encodeGraph(values, classKeyOf));
+  return takeSnapshot(path, fingerprints, encodeGraph(values, classKeyOf), inlineMax);
 }
 
 function registered(): { values: Record<string, unknown>; fingerprints: Fingerprints } {

@@ -162,16 +162,38 @@ export function writeStateFile(path: string, bytes: Uint8Array | Uint8Array[], d
  * of the host ends the move, so nothing would read it back after one.
  */
 export function writeSnapshotFile(path: string, fingerprints: Fingerprints, body: Iterable<Uint8Array>): number {
+  return takeSnapshot(path, fingerprints, body, -1).size;
+}
+
+/**
+ * The same, but a state of at most `inlineMax` bytes is returned whole (`inline`) and no file
+ * is written: for a small state, creating, writing and renaming the file costs more than
+ * encoding it. A larger one goes to the file as it is encoded, the pieces held so far first.
+ */
+export function takeSnapshot(path: string, fingerprints: Fingerprints, body: Iterable<Uint8Array>, inlineMax: number): { size: number; inline?: Buffer } {
   const header = new StateFileHeader(fingerprints);
-  let size = header.length;
-  replaceFile(path, false, (fd) => {
-    for (const piece of body) {
-      header.add(piece);
-      size += writeAll(fd, piece, size);
+  const pieces = body[Symbol.iterator]();
+  const held: Uint8Array[] = [];
+  let heldBytes = 0;
+  for (let next = pieces.next(); !next.done; next = pieces.next()) {
+    header.add(next.value);
+    held.push(next.value);
+    heldBytes += next.value.length;
+    if (heldBytes > inlineMax) {
+      let size = header.length;
+      replaceFile(path, false, (fd) => {
+        for (const piece of held.splice(0)) size += writeAll(fd, piece, size);
+        for (let more = pieces.next(); !more.done; more = pieces.next()) {
+          header.add(more.value);
+          size += writeAll(fd, more.value, size);
+        }
+        writeAll(fd, header.finish(), 0);
+      });
+      return { size };
     }
-    writeAll(fd, header.finish(), 0);
-  });
-  return size;
+  }
+  const inline = Buffer.concat([header.finish(), ...held]);
+  return { size: inline.length, inline };
 }
 
 /** Writes every byte, at `position` (-1: where the file is). */

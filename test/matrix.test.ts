@@ -51,6 +51,8 @@ interface Cell {
   cli: 0 | RegExp | [number, RegExp];
   /** What a daemon tells the operator, in its log. */
   log?: ['source' | 'destination', RegExp];
+  /** More environment of the source daemon. */
+  sourceEnv?: NodeJS.ProcessEnv;
 }
 
 // Short enough for the hangs to end soon, long enough for a loaded machine's moves to make it.
@@ -63,6 +65,8 @@ const TIMEOUTS = {
   RPCMIG_STEP_TIMEOUT_MS: String(STEP_MS), RPCMIG_START_TIMEOUT_MS: String(START_MS), RPCMIG_QUIESCE_TIMEOUT_MS: String(QUIESCE_MS),
   RPCMIG_SETTLE_AFTER_MS: '3000',
 };
+/** A source daemon that has every snapshot written to a file: none is small enough to come inline. */
+const FILE_STATE = { RPCMIG_INLINE_STATE_MAX: '0' };
 const stuck = (step: string) => new RegExp(`${step} failed: the move made no progress for ${STALL_MS} ms`);
 const lostDaemon = [3, /NO_DAEMON: the daemon at \S+ closed the connection before answering migrate/] as [number, RegExp];
 
@@ -91,11 +95,15 @@ const CELLS: Cell[] = [
   // Source server. Hung or frozen with the order taken, before its snapshot: the quiesce times out, it serves on.
   { party: 'source server', point: 'quiesce.before', action: 'hang', owner: 'source', cli: new RegExp(`quiesce failed: the server did not finish its calls and snapshot within ${QUIESCE_MS} ms`) },
   { party: 'source server', point: 'quiesce.before', action: 'stop', owner: 'source', cli: new RegExp(`quiesce failed: the server did not finish its calls and snapshot within ${QUIESCE_MS} ms`) },
-  // The snapshot is whole on disk: the state outlives its process and moves on.
-  { party: 'source server', point: 'snapshot.after', action: 'crash', owner: 'destination', cli: 0, log: ['source', /went away after writing its snapshot; moving the snapshot/] },
+  // A state written to a file (none inline). The snapshot is whole on disk: the state outlives its process and moves on.
+  { party: 'source server', point: 'snapshot.after', action: 'crash', owner: 'destination', cli: 0, log: ['source', /went away after writing its snapshot; moving the snapshot/], sourceEnv: FILE_STATE },
   // Hung or frozen before it reports: the quiesce times out, and the server serves on.
-  { party: 'source server', point: 'snapshot.after', action: 'hang', owner: 'source', cli: new RegExp(`quiesce failed: the server did not finish its calls and snapshot within ${QUIESCE_MS} ms`) },
-  { party: 'source server', point: 'snapshot.after', action: 'stop', owner: 'source', cli: new RegExp(`quiesce failed: the server did not finish its calls and snapshot within ${QUIESCE_MS} ms`) },
+  { party: 'source server', point: 'snapshot.after', action: 'hang', owner: 'source', cli: new RegExp(`quiesce failed: the server did not finish its calls and snapshot within ${QUIESCE_MS} ms`), sourceEnv: FILE_STATE },
+  { party: 'source server', point: 'snapshot.after', action: 'stop', owner: 'source', cli: new RegExp(`quiesce failed: the server did not finish its calls and snapshot within ${QUIESCE_MS} ms`), sourceEnv: FILE_STATE },
+  // A small state, sent in the report: once sent it has left the process, which may crash, hang or freeze.
+  { party: 'source server', point: 'snapshot.after', action: 'crash', owner: 'destination', cli: 0 },
+  { party: 'source server', point: 'snapshot.after', action: 'hang', owner: 'destination', cli: 0 },
+  { party: 'source server', point: 'snapshot.after', action: 'stop', owner: 'destination', cli: 0 },
   // Its grace period over: crashed, it is gone as it would have been; hung, its daemon ends it.
   { party: 'source server', point: 'retire.before', action: 'crash', owner: 'destination', cli: 0 },
   { party: 'source server', point: 'retire.before', action: 'hang', owner: 'destination', cli: 0, log: ['source', /did not exit 1000 ms after its commit; ending it/] },
@@ -225,7 +233,7 @@ async function runCell(cell: Cell, index: number): Promise<void> {
   const { party, point, action, owner } = cell;
   const name = `cell${index}`;
   const fault = { RPCMIG_FAILPOINTS: `${point}=${action}` };
-  const src = await cluster.restartable(`a${index}`, { ...TIMEOUTS, ...(party === 'source daemon' ? fault : {}) });
+  const src = await cluster.restartable(`a${index}`, { ...TIMEOUTS, ...cell.sourceEnv, ...(party === 'source daemon' ? fault : {}) });
   const dst = await cluster.restartable(`b${index}`, { ...TIMEOUTS, ...(party.startsWith('destination') ? fault : {}) });
   const server = await cluster.server(COUNTER, src.daemon, ['--name', name], party === 'source server' ? fault : {});
   const hosts: Hosts = { a: src.daemon, b: dst.daemon, src, dst, server };

@@ -236,6 +236,63 @@ test('a program changed since its last move is shipped again; the standby starte
   assert.is((await client.where()).pid, standbys[1]);
 });
 
+/** A copy of fixtures/ whose files a test may change, and the counter server in it. */
+function programCopy(label: string): { server: string; pkg: string } {
+  const program = join(cluster.dir, label);
+  cpSync(join(ROOT, 'fixtures'), program, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) });
+  return { server: join(program, 'dist', 'counter', 'server.js'), pkg: join(program, 'package.json') };
+}
+
+test('a program changed while it moves: the walk beside the move finds it before the commit; rolled back, the move goes again with the change', async () => {
+  // The walk of a program shipped before takes a second longer: the move goes on beside it.
+  const src = await cluster.daemon({ RPCMIG_FAILPOINTS: 'rewalk.after=slow' });
+  const { server, pkg } = programCopy('rewalked-program');
+  await cluster.server(server, src, ['--name', 'rewalk-first']);
+  breakdown(await cluster.migrate('rewalk-first', src, b, ['--grace', '0.2']));
+  writeFileSync(pkg, JSON.stringify({ ...JSON.parse(readFileSync(pkg, 'utf8')), description: 'changed while moving' }));
+  await cluster.server(server, src, ['--name', 'rewalked']);
+  const client = await connect<Counter>('rewalked', { daemon: src.address, keyFile: cluster.key.file });
+  clients.push(client);
+  await client.incr(3);
+  const moved = breakdown(await cluster.migrate('rewalked', src, b, ['--grace', '0.2']));
+  assert.match(src.stderr(), /failpoint rewalk.after: slow/);
+  assert.match(src.stderr(), /rewalked's program changed while it moved; moving it again/);
+  assert.match(b.stderr(), /aborted \(the program changed since its last move\)/);
+  assert.is(moved.program_bytes_sent, readFileSync(pkg).length, 'the changed file, and only it, travelled');
+  assert.is(await client.incr(1), 4, 'the state moved once, the rolled-back attempt left it whole');
+  const standbys = [...b.stderr().matchAll(/standby for rewalked pid (\d+)/g)].map((match) => Number(match[1]));
+  assert.is(standbys.length, 2, b.stderr());
+  assert.ok(await waitFor(() => !isAlive(standbys[0])), 'what the rolled-back attempt started was ended');
+  assert.is((await client.where()).pid, standbys[1]);
+  await cluster.end([src]);
+});
+
+test('the commit waits for the walk beside the move: one that never ends rolls the move back, and the source serves on', async () => {
+  const timeouts = { RPCMIG_STEP_TIMEOUT_MS: '2000', RPCMIG_START_TIMEOUT_MS: '3000', RPCMIG_QUIESCE_TIMEOUT_MS: '3000' };
+  const src = await cluster.daemon({ ...timeouts, RPCMIG_FAILPOINTS: 'rewalk.after=hang' });
+  const { server } = programCopy('unconfirmed-program');
+  await cluster.server(server, src, ['--name', 'confirm-first']);
+  breakdown(await cluster.migrate('confirm-first', src, b, ['--grace', '0.2']));
+  const started = await cluster.server(server, src, ['--name', 'unconfirmed']);
+  const client = await connect<Counter>('unconfirmed', { daemon: src.address, keyFile: cluster.key.file, timeout: 20_000 });
+  clients.push(client);
+  await client.incr(5);
+  const moving = cluster.migrate('unconfirmed', src, b, ['--grace', '0.2']);
+  assert.ok(await waitFor(() => started.stderr().includes('serving -> quiescing'), 10_000), 'the server was signalled while the walk hangs');
+  const held = client.incr(1);
+  const result = await moving;
+  assert.is(result.code, 9, result.stderr);
+  assert.match(result.stderr, /commit failed: the move made no progress for \d+ ms/);
+  assert.is(await held, 6, 'the call held during the move ran at the source');
+  assert.is((await client.where()).pid, started.pid, 'the source serves on');
+  const standby = Number(/standby for unconfirmed pid (\d+)/.exec(b.stderr())?.[1]);
+  assert.ok(standby > 0 && await waitFor(() => !isAlive(standby), 5000), `the destination ended what the move started (pid ${standby})`);
+  // The hang was once: the next move walks the tree to the end and commits.
+  breakdown(await cluster.migrate('unconfirmed', src, b, ['--grace', '0.2']));
+  assert.is(await client.incr(1), 7);
+  await cluster.end([src]);
+});
+
 test('the destination runs a standby ahead of the state; a program without one is started cold', async () => {
   const { name, client } = await counterOn(a);
   await client.incr(1);

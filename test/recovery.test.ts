@@ -39,7 +39,7 @@ async function counterOn(daemon: DaemonProcess, name: string): Promise<{ started
 
 test('failpoint names are checked: a typo is an error, not a fault that never fires', () => {
   assert.equal([...parseFailpoints('copy.after=crash, commit.before=hang')], [['copy.after', 'crash'], ['commit.before', 'hang']]);
-  assert.throws(() => parseFailpoints('copy.aftr=crash'), /"copy.aftr=crash" is not NAME=crash\|hang\|stop\|error\|drop\|corrupt/);
+  assert.throws(() => parseFailpoints('copy.aftr=crash'), /"copy.aftr=crash" is not NAME=crash\|hang\|stop\|error\|slow\|drop\|corrupt/);
   assert.throws(() => parseFailpoints('copy.after=explode'), /not NAME=crash/);
   assert.throws(() => parseFailpoints('copy.after=corrupt'), /corrupt applies where bytes are sent: copy.send; not copy.after/);
 });
