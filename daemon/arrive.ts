@@ -228,6 +228,8 @@ export class Arrivals {
       throw error;
     } finally {
       this.awaited.delete(arrival.name);
+      // The clients' pause is over: the next spare may start, after the answer has gone.
+      if (arrival.spare !== undefined) setImmediate(() => this.ctx.spares.fill());
     }
   }
 
@@ -324,6 +326,7 @@ export class Arrivals {
     await arrival.state.discard();
     await rm(arrival.dir, { recursive: true, force: true });
     this.ctx.log(`migration ${arrival.id}: aborted (${reason}); ${arrival.name} removed`);
+    if (arrival.spare !== undefined) this.ctx.spares.fill();
   }
 
   /** The source's connection closed: what had not started yet cannot finish. A started one is settled later (see `unheard`). */

@@ -193,6 +193,7 @@ class NameDaemon implements Daemon {
   async close(): Promise<void> {
     clearInterval(this.sweeper);
     this.spares.close();
+    this.coordinator.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const socket of this.sockets) socket.destroy();
     await closed;

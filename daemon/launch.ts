@@ -59,8 +59,10 @@ export const SPARE_ENV = 'RPCMIG_SPARE';
 /** A spare that ends within this long of its start failed to start: the next waits a while. */
 const SPARE_FAILED_MS = 2000;
 const SPARE_RETRY_MS = 5000;
-/** After a spare was taken, the next starts this much later: not during the move that took it. */
-const SPARE_REFILL_MS = 300;
+/** After a spare was taken, the next starts once the move that took it has started or ended (`fill`), or this much later. */
+const SPARE_REFILL_MS = 2000;
+/** A spare that ended before it was taken is replaced this much later. */
+const SPARE_REPLACE_MS = 300;
 
 interface Spare extends Launched {
   token: string;
@@ -73,7 +75,8 @@ interface Spare extends Launched {
 /**
  * Node processes started ahead of any move (see spare.ts), so that a move's standby does not
  * wait for Node's start-up, nor, for a program that arrived here before, for loading and
- * warming its runtime. `take` hands one a standby to run; another starts a little later.
+ * warming its runtime. `take` hands one a standby to run; another starts once that move no
+ * longer needs the processor (`fill`).
  */
 export class Spares {
   private readonly ready = new Set<Spare>();
@@ -115,7 +118,7 @@ export class Spares {
       // One that could not preload its bootstrap: the next preloads none.
       if (failed && preload !== undefined && this.preload === preload) this.preload = undefined;
       this.options.log(`spare pid ${spare.pid} ${how}${said ? ` (${said.replace(/\n/g, '; ')})` : ''}${failed ? `; the next starts in ${SPARE_RETRY_MS} ms` : ''}`);
-      this.later(failed ? SPARE_RETRY_MS : SPARE_REFILL_MS);
+      this.later(failed ? SPARE_RETRY_MS : SPARE_REPLACE_MS);
     });
   }
 

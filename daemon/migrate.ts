@@ -14,7 +14,8 @@ import { deferred } from './deferred.js';
 import { failpoint, type Failpoint } from '../runtime/failpoints.js';
 import { writeOrder } from './recover.js';
 import type { Server } from './names.js';
-import { buildManifest, manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
+import { manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
+import { Walker } from './walker.js';
 import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
@@ -35,6 +36,7 @@ export class Coordinator {
   private readonly committed = new Set<string>();
   /** How long the last walk of each program root took to list and stat its tree. */
   private readonly walkMs = new Map<string, number>();
+  private readonly walker = new Walker();
 
   constructor(private readonly ctx: SourceContext) {}
 
@@ -120,6 +122,11 @@ export class Coordinator {
     return [...this.moves.values()].some((move) => move.id === id) ? 'pending' : undefined;
   }
 
+  /** Ends the thread that walks program trees. */
+  close(): void {
+    this.walker.close();
+  }
+
   /** The `order` method: a signalled server asks what for. */
   orderFor(server: Server | undefined): Order | null {
     const move = server && this.moves.get(server);
@@ -190,7 +197,7 @@ export class Coordinator {
     const root = await realpath(move.server.root);
     const guess = this.programs.get(root);
     let walkedId: string | undefined;
-    const walked = buildManifest(root, { exclude: [this.ctx.spool], walked: (ms) => this.walkMs.set(root, ms) }).then(async (manifest) => {
+    const walked = this.walker.walk(root, [this.ctx.spool], (ms) => this.walkMs.set(root, ms)).then(async (manifest) => {
       if (guess !== undefined) await failpoint('rewalk.after', this.ctx.log);
       const id = manifestId(manifest);
       this.programs.set(root, id);
