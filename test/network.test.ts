@@ -82,6 +82,15 @@ async function holdsNothing(host: string, timeoutMs: number): Promise<void> {
 }
 
 /** The id of the move leaving `host`, once its snapshot is written (renamed into place whole; the copy begins). */
+/** The move under way from `host`, once its server has been signalled (its order is written). */
+async function ordered(host: string): Promise<string> {
+  let id: string | undefined;
+  const written = () => (id = entries(spool(host, 'leaving')).find((entry) => existsSync(join(spool(host, 'leaving'), entry, 'order.json')))) !== undefined;
+  assert.ok(await waitFor(written, 20_000, 50), 'the order was written');
+  return id!;
+}
+
+/** The same, once the server wrote its snapshot to a file (a state larger than what comes inline). */
 async function snapshotted(host: string): Promise<string> {
   let id: string | undefined;
   const written = () => (id = entries(spool(host, 'leaving')).find((entry) => existsSync(join(spool(host, 'leaving'), entry, 'state')))) !== undefined;
@@ -186,7 +195,7 @@ test('C->B awaiting its commit: an order to move it on from B is refused; the co
   let id: string;
   let onward: RunResult;
   try {
-    id = await snapshotted('c');
+    id = await ordered('c');
     assert.ok(await waitFor(() => frozen(c), 20_000, 50), 'the source daemon froze between start and commit');
     onward = await cli(['migrate', 'split', '--daemon', daemonOf('b'), '--to', daemonOf('a'), '--json']);
     lab.cut('b');
