@@ -13,7 +13,7 @@ import { writeStateFile as writeRecordFile } from '../runtime/statefile.js';
 import { RpcmigError } from '../runtime/errors.js';
 import { STANDBY_ENV } from '../runtime/state.js';
 import { deferred, type Deferred } from './deferred.js';
-import { launch, tail, type Launch, type Launched, type Spares } from './launch.js';
+import { kill, launch, tail, type Launch, type Launched, type Spares } from './launch.js';
 import type { Server } from './names.js';
 import { ARRIVAL_RECORD_FILE, checkShipment, marksOf, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
 import { Settlement } from './settle.js';
@@ -373,14 +373,6 @@ export class Arrivals {
 function lastWords(log: string): string {
   const text = tail(log);
   return text ? `; its log ends:\n${text}` : '';
-}
-
-function kill(pid: number): void {
-  try {
-    process.kill(pid, 'SIGKILL');
-  } catch {
-    // already gone
-  }
 }
 
 /** The program's own standby bootstrap (`rpcmig/standby`), resolved as its entry would resolve it. */

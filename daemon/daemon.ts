@@ -4,7 +4,6 @@
 // source, arrive.ts at the destination). A server's registering connection is its control
 // connection: orders come back to it as notifications.
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { RpcmigError, type WireError } from '../runtime/errors.js';
@@ -13,7 +12,8 @@ import { answerHandshake, DEFAULT_HANDSHAKE_TIMEOUT, REFUSALS } from '../runtime
 import { DEFAULT_MAX_FRAME, encode, NOTIFICATION, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
 import { Arrivals } from './arrive.js';
 import type { Outcome } from './settle.js';
-import { end, Spares } from './launch.js';
+import { DEFAULT_SPARES, end, Spares } from './launch.js';
+import { keyFileFor, prepareSpool } from './spool.js';
 import { Forwards } from './forwards.js';
 import { Coordinator } from './migrate.js';
 import { checkMigrate, type SourceContext } from './move.js';
@@ -59,15 +59,6 @@ interface Peer {
   label: string;
 }
 
-export function prepareSpool(dir: string): void {
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
-  const mode = statSync(dir).mode & 0o777;
-  if (mode & 0o077) {
-    const octal = mode.toString(8).padStart(4, '0');
-    throw new Error(`the spool ${dir} is accessible by group or others (mode ${octal}); chmod 700 it`);
-  }
-}
-
 export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   prepareSpool(options.dir);
   const server = createServer();
@@ -86,20 +77,8 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   return daemon;
 }
 
-/** The key file for started servers: the daemon's own, or a copy in the spool. */
-function keyFileFor(options: DaemonOptions): string {
-  if (options.keyFile) return options.keyFile;
-  const file = join(options.dir, 'cluster.key');
-  writeFileSync(file, options.key.toString('hex') + '\n', { mode: 0o600 });
-  return file;
-}
-
 /** Connections one host may hold open to a daemon: every server there holds one, so it is ample. */
 export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024;
-
-/** Spares a daemon keeps: a move to it takes one, and the next starts once that move is under way. */
-export const DEFAULT_SPARES = 1;
-export const MAX_SPARES = 16;
 
 /** How many daemons a lookup may follow forwarding entries through. */
 const MAX_HOPS = 8;
@@ -169,7 +148,7 @@ class NameDaemon implements Daemon {
     this.coordinator = new Coordinator(source);
     this.recovery = new Recovery(source);
     const host = parseAddress(this.advertised).host;
-    const serverEnv = { RPCMIG_DAEMON: this.advertised, RPCMIG_KEY_FILE: keyFileFor(options), RPCMIG_HOST: host };
+    const serverEnv = { RPCMIG_DAEMON: this.advertised, RPCMIG_KEY_FILE: keyFileFor(options.dir, options.key, options.keyFile), RPCMIG_HOST: host };
     this.spares = new Spares({ count: options.spares ?? DEFAULT_SPARES, dir: join(options.dir, 'spares'), env: serverEnv, log });
     this.arrivals = new Arrivals({
       spool: options.dir, key: options.key, store, log, spares: this.spares, serverEnv,

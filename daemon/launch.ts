@@ -54,6 +54,9 @@ function start(args: string[], cwd: string, env: Record<string, string>, log: st
   }
 }
 
+/** Spares a daemon keeps (`--spares`): a move to it takes one, and the next starts once that move has started. */
+export const DEFAULT_SPARES = 1;
+export const MAX_SPARES = 16;
 /** Set in a spare's environment: the mark by which a process it became is found again (see `end`). */
 export const SPARE_ENV = 'RPCMIG_SPARE';
 /** A spare that ends within this long of its start failed to start: the next waits a while. */
@@ -172,7 +175,8 @@ export interface SpareJob {
 
 const SPARE_SCRIPT = join(__dirname, 'spare.js');
 
-function kill(pid: number): void {
+/** SIGKILL to a process this daemon started, if it is still there. */
+export function kill(pid: number): void {
   try {
     process.kill(pid, 'SIGKILL');
   } catch {

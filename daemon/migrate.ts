@@ -4,41 +4,32 @@
 // state. Until the old server is told to commit nothing is final: any failure rolls back.
 import { randomBytes } from 'node:crypto';
 import { mkdir, realpath, rm, stat } from 'node:fs/promises';
-import { join, relative } from 'node:path';
-import { connect, invoke } from '../runtime/client.js';
-import { openDaemon, parseAddress, within } from '../runtime/daemonlink.js';
+import { join } from 'node:path';
+import { openDaemon, within } from '../runtime/daemonlink.js';
 import { RpcmigError } from '../runtime/errors.js';
 import type { Order, SnapshotReport } from '../runtime/migrating.js';
-import { WHEREIS } from '../runtime/server.js';
 import { deferred } from './deferred.js';
 import { failpoint, type Failpoint } from '../runtime/failpoints.js';
 import { writeOrder } from './recover.js';
 import type { Server } from './names.js';
-import { manifestId, sendBlobs, sendFile, type Manifest } from './transfer.js';
-import { Walker } from './walker.js';
+import { sendBlobs, sendFile, type Manifest } from './transfer.js';
+import { Programs, shipmentOf } from './programs.js';
 import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
-import { COMMITTED_KEPT, describe, failure, INLINE_STATE_MAX, ProgramChanged, QUIESCE_TIMEOUT_MS, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step } from './move.js';
-
-/**
- * A walk of a program's tree that listed it in at most this long last time may run on beside
- * the move (its files' hashes are cached: it stats them): the commit waits for it, with the
- * server paused. A longer one is waited for before the server is signalled.
- */
-const OVERLAPPED_WALK_MS = 250;
+import {
+  COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step,
+} from './move.js';
 
 export class Coordinator {
   private readonly moves = new Map<Server, Move>();
-  /** The id of each program root's manifest when this daemon last walked it. */
-  private readonly programs = new Map<string, string>();
   /** Moves this daemon committed, newest last (the forwarding entries keep them across restarts). */
   private readonly committed = new Set<string>();
-  /** How long the last walk of each program root took to list and stat its tree. */
-  private readonly walkMs = new Map<string, number>();
-  private readonly walker = new Walker();
+  private readonly programs: Programs;
 
-  constructor(private readonly ctx: SourceContext) {}
+  constructor(private readonly ctx: SourceContext) {
+    this.programs = new Programs([ctx.spool], ctx.log);
+  }
 
   /**
    * The `migrate` method: runs every step; on failure rolls back and throws MIGRATION_FAILED.
@@ -124,7 +115,7 @@ export class Coordinator {
 
   /** Ends the thread that walks program trees. */
   close(): void {
-    this.walker.close();
+    this.programs.close();
   }
 
   /** The `order` method: a signalled server asks what for. */
@@ -141,11 +132,9 @@ export class Coordinator {
     const move = server && this.moves.get(server);
     const report = value as SnapshotReport | null;
     if (!move || report?.id !== move.id) throw new RpcmigError('BAD_REQUEST', 'no migration of this server awaits that snapshot');
-    const { state } = report;
-    if (state !== undefined && (!(state instanceof Uint8Array) || state.length !== report.bytes || state.length > INLINE_STATE_MAX)) {
-      move.snapshot.reject(new Error(`the server reported a snapshot of ${report.bytes} bytes and sent ${state instanceof Uint8Array ? state.length : 'no'} bytes`));
-    } else if (typeof report.error === 'string') move.snapshot.reject(new Error(report.error));
-    else move.snapshot.resolve(report);
+    const failed = snapshotFailure(report);
+    if (failed === undefined) move.snapshot.resolve(report);
+    else move.snapshot.reject(new Error(failed));
   }
 
   /** The server's control connection closed mid-move. */
@@ -195,22 +184,13 @@ export class Coordinator {
   private async prepare(move: Move): Promise<void> {
     this.enter(move, 'prepare');
     const root = await realpath(move.server.root);
-    const guess = this.programs.get(root);
-    let walkedId: string | undefined;
-    const walked = this.walker.walk(root, [this.ctx.spool], (ms) => this.walkMs.set(root, ms)).then(async (manifest) => {
-      if (guess !== undefined) await failpoint('rewalk.after', this.ctx.log);
-      const id = manifestId(manifest);
-      this.programs.set(root, id);
-      walkedId = id;
-      return { manifest, id };
-    });
-    // Awaited below; until then a refusal must not count as unhandled.
-    walked.catch(() => undefined);
+    const walk = this.programs.walk(root);
+    const { guess, walked } = walk;
     await this.greet(move);
-    const shipment = await this.shipment(move, root);
+    const shipment = await shipmentOf(move.id, move.server, root, this.ctx.advertised);
     if (guess !== undefined && (await this.offer(move, { ...shipment, program: guess }))) {
       await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);
-      if (walkedId === undefined && (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS) {
+      if (walk.id === undefined && walk.mayOverlap) {
         move.confirmed = walked.then(({ id }) => id === guess);
         move.confirmed.catch(() => undefined);
         return;
@@ -240,17 +220,6 @@ export class Coordinator {
       move.step = 'order';
       throw new Error(`${move.server.name} already lives on the daemon at ${move.to}`);
     }
-  }
-
-  /** What the destination is told of the program, besides its content. */
-  private async shipment(move: Move, root: string): Promise<ShipmentHead> {
-    const { server } = move;
-    const entry = relative(root, await realpath(server.entry));
-    const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
-    return {
-      id: move.id, name: server.name, source: this.ctx.advertised, entry, argv: server.argv, execArgv: server.execArgv ?? [],
-      cwd: cwd.startsWith('..') ? '' : cwd,
-    };
   }
 
   /** The program's id alone: true when the destination has its tree, and the manifest need not travel. */
@@ -344,7 +313,7 @@ export class Coordinator {
     move.committed = arrived;
     this.committed.add(move.id);
     if (this.committed.size > COMMITTED_KEPT) this.committed.delete(this.committed.values().next().value!);
-    this.retireLater(move);
+    retireLater(move, this.ctx);
     await failpoint('commit.after', this.ctx.log);
     this.forward(move);
     await failpoint('forward.after', this.ctx.log);
@@ -384,22 +353,6 @@ export class Coordinator {
     return move.figures;
   }
 
-  /**
-   * The old server exits when its grace period is over; one that is still registered a step
-   * later is stuck, and is ended: its state lives at the destination now.
-   */
-  private retireLater({ id, server, graceMs }: Move): void {
-    setTimeout(() => {
-      if (!this.ctx.names.all().includes(server)) return;
-      this.ctx.log(`migration ${id}: ${server.name} (pid ${server.pid}) did not exit ${graceMs} ms after its commit; ending it`);
-      try {
-        process.kill(server.pid, 'SIGKILL');
-      } catch {
-        // it exited meanwhile
-      }
-    }, graceMs + STEP_TIMEOUT_MS).unref();
-  }
-
   /** Step 8: before commit, every failure lands here; the source serves on with its state. */
   private async abort(move: Move, error: unknown): Promise<void> {
     if (move.over) return;
@@ -436,16 +389,5 @@ export class Coordinator {
       previous = turn.catch(() => undefined);
       return turn;
     };
-  }
-}
-
-/** Connects to the moved server and waits for its answer: the paper's "reply from the new host". */
-async function firstReply(address: string): Promise<void> {
-  const where = parseAddress(address, 0);
-  const client = await connect<Record<string, () => unknown>>({ host: where.host, port: where.port, timeout: STEP_TIMEOUT_MS });
-  try {
-    await invoke(client, WHEREIS);
-  } finally {
-    void client.close();
   }
 }

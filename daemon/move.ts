@@ -1,7 +1,9 @@
 // A move as the source daemon's coordinator (migrate.ts) holds it: what it is told, what it
 // reports (its breakdown, or how it failed), its steps and the time-outs that bound each of them.
 import { formatAddress, parseAddress, type Address, type DaemonLink } from '../runtime/daemonlink.js';
+import { connect, invoke } from '../runtime/client.js';
 import { RpcmigError } from '../runtime/errors.js';
+import { WHEREIS } from '../runtime/server.js';
 import type { SnapshotReport } from '../runtime/migrating.js';
 import type { Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
@@ -135,4 +137,40 @@ export function checkMigrate(value: unknown): MigrateRequest {
   const grace = graceMs === undefined ? 60_000 : Number(graceMs);
   if (!Number.isFinite(grace) || grace < 0) throw new RpcmigError('BAD_REQUEST', 'graceMs must be a number of milliseconds >= 0');
   return { name: checkName(name), to: formatAddress(where), graceMs: grace };
+}
+
+/** Why a server's snapshot report cannot be taken (its own error, or inline bytes that do not match it); undefined when it can. */
+export function snapshotFailure(report: SnapshotReport): string | undefined {
+  const { state } = report;
+  if (state !== undefined && (!(state instanceof Uint8Array) || state.length !== report.bytes || state.length > INLINE_STATE_MAX)) {
+    return `the server reported a snapshot of ${report.bytes} bytes and sent ${state instanceof Uint8Array ? state.length : 'no'} bytes`;
+  }
+  return typeof report.error === 'string' ? report.error : undefined;
+}
+
+/** Connects to the moved server and waits for its answer: the paper's "reply from the new host". */
+export async function firstReply(address: string): Promise<void> {
+  const where = parseAddress(address, 0);
+  const client = await connect<Record<string, () => unknown>>({ host: where.host, port: where.port, timeout: STEP_TIMEOUT_MS });
+  try {
+    await invoke(client, WHEREIS);
+  } finally {
+    void client.close();
+  }
+}
+
+/**
+ * The old server exits when its grace period is over; one that is still registered a step
+ * later is stuck, and is ended: its state lives at the destination now.
+ */
+export function retireLater({ id, server, graceMs }: Move, ctx: Pick<SourceContext, 'names' | 'log'>): void {
+  setTimeout(() => {
+    if (!ctx.names.all().includes(server)) return;
+    ctx.log(`migration ${id}: ${server.name} (pid ${server.pid}) did not exit ${graceMs} ms after its commit; ending it`);
+    try {
+      process.kill(server.pid, 'SIGKILL');
+    } catch {
+      // it exited meanwhile
+    }
+  }, graceMs + STEP_TIMEOUT_MS).unref();
 }

@@ -1,7 +1,8 @@
 // The CLI's help texts and exit codes: what `rpcmig --help` promises, kept in one place.
 import { DEFAULT_HANDSHAKE_TIMEOUT } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME } from '../runtime/wire.js';
-import { DEFAULT_MAX_CONNECTIONS_PER_PEER, DEFAULT_SPARES, MAX_SPARES } from './daemon.js';
+import { DEFAULT_MAX_CONNECTIONS_PER_PEER } from './daemon.js';
+import { DEFAULT_SPARES, MAX_SPARES } from './launch.js';
 
 export const EXIT = {
   ok: 0,

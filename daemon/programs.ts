@@ -1,0 +1,64 @@
+// What a source daemon knows of the programs it ships: the id each program root had at its
+// last move, how long listing its tree took, and the thread that walks the trees (walker.ts).
+import { realpath } from 'node:fs/promises';
+import { relative } from 'node:path';
+import { failpoint } from '../runtime/failpoints.js';
+import type { Server } from './names.js';
+import type { ShipmentHead } from './shipment.js';
+import { manifestId, type Manifest } from './transfer.js';
+import { Walker } from './walker.js';
+
+/**
+ * A walk of a program's tree that listed it in at most this long last time may run on beside
+ * the move (its files' hashes are cached: it stats them): the commit waits for it, with the
+ * server paused. A longer one is waited for before the server is signalled.
+ */
+const OVERLAPPED_WALK_MS = 250;
+
+/** One walk of a program's tree, and what it is compared with. */
+export interface Walk {
+  /** The root's id at its last move, if this daemon shipped it before. */
+  guess?: string;
+  /** The manifest and its id, once walked. */
+  walked: Promise<{ manifest: Manifest; id: string }>;
+  /** The id, once walked. */
+  id?: string;
+  /** A walk still running may run on beside the move (see OVERLAPPED_WALK_MS). */
+  mayOverlap: boolean;
+}
+
+export class Programs {
+  private readonly ids = new Map<string, string>();
+  private readonly walkMs = new Map<string, number>();
+  private readonly walker = new Walker();
+
+  constructor(private readonly exclude: string[], private readonly log: (line: string) => void) {}
+
+  /** Walks the tree at `root` (a real path) again. */
+  walk(root: string): Walk {
+    const guess = this.ids.get(root);
+    const walk: Walk = { guess, mayOverlap: (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS } as Walk;
+    walk.walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms)).then(async (manifest) => {
+      if (guess !== undefined) await failpoint('rewalk.after', this.log);
+      const id = manifestId(manifest);
+      this.ids.set(root, id);
+      walk.id = id;
+      return { manifest, id };
+    });
+    // Awaited by the move; until then a refusal must not count as unhandled.
+    walk.walked.catch(() => undefined);
+    return walk;
+  }
+
+  /** Ends the thread that walks program trees. */
+  close(): void {
+    this.walker.close();
+  }
+}
+
+/** What the destination is told of `server`'s program, besides its content: paths relative to its root. */
+export async function shipmentOf(id: string, server: Server, root: string, source: string): Promise<ShipmentHead> {
+  const entry = relative(root, await realpath(server.entry));
+  const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
+  return { id, name: server.name, source, entry, argv: server.argv, execArgv: server.execArgv ?? [], cwd: cwd.startsWith('..') ? '' : cwd };
+}
