@@ -5,11 +5,12 @@
 // `--spares 0` keeps none.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { readFileSync } from 'node:fs';
+import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER, sparesOf } from './helpers/cluster.js';
 import type { DaemonProcess } from './helpers/daemon.js';
-import { isAlive, waitFor } from './helpers/process.js';
+import { isAlive, ROOT, waitFor } from './helpers/process.js';
 
 interface Counter {
   incr(by?: number): number;
@@ -129,6 +130,36 @@ test('--spares 0 keeps none: the standby starts cold and the move completes', as
   assert.not.ok(standby.spare);
   assert.is((await client.where()).pid, standby.pid);
   assert.is(await client.incr(1), 8);
+  await cluster.end([a, b]);
+});
+
+test('a CommonJS program moves through a spare too, warm the second time', async () => {
+  const program = join(cluster.dir, 'cjs-program');
+  mkdirSync(program, { recursive: true });
+  cpSync(join(ROOT, 'fixtures', 'node_modules'), join(program, 'node_modules'), { recursive: true });
+  writeFileSync(join(program, 'package.json'), JSON.stringify({ name: 'cjs-program', private: true, type: 'commonjs' }));
+  writeFileSync(join(program, 'server.js'), [
+    "const { serve } = require('rpcmig');",
+    'let calls = 0;',
+    "serve(process.argv[2], { hello: () => ({ calls: ++calls, pid: process.pid, main: require.main === module }) })",
+    "  .then((server) => console.log(`listening ${server.address}`), (error) => { console.error(error); process.exit(1); });",
+  ].join('\n'));
+  const [a, b] = [await cluster.daemon(), await cluster.daemon()];
+  assert.ok(await oneSpare(b));
+  await cluster.server(join(program, 'server.js'), a, ['cjs']);
+  const client = await connect<{ hello(): { calls: number; pid: number; main: boolean } }>('cjs', { daemon: a.address, keyFile: cluster.key.file });
+  clients.push(client);
+  assert.is((await client.hello()).calls, 1);
+  breakdown(await cluster.migrate('cjs', a, b, ['--grace', '0.5']));
+  const there = await client.hello();
+  assert.is(there.pid, standbyOf(b, 'cjs').pid);
+  assert.ok(there.main, 'the entry runs as the main module');
+  assert.ok(await waitFor(() => sparesOf(b.address).some((pid) => /standby\.js$/.test(cmdline(pid))), 10_000), 'the next spare preloads it');
+  breakdown(await cluster.migrate('cjs', b, a, ['--grace', '0.5']));
+  breakdown(await cluster.migrate('cjs', a, b, ['--grace', '0.5']));
+  const again = standbyOf(b, 'cjs', 1);
+  assert.ok(again.spare);
+  assert.is((await client.hello()).pid, again.pid);
   await cluster.end([a, b]);
 });
 
