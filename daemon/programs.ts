@@ -37,8 +37,8 @@ export class Programs {
   /** Walks the tree at `root` (a real path) again. */
   walk(root: string): Walk {
     const guess = this.ids.get(root);
-    const walk: Walk = { guess, mayOverlap: (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS } as Walk;
-    walk.walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms)).then(async (manifest) => {
+    const mayOverlap = (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS;
+    const walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms)).then(async (manifest) => {
       if (guess !== undefined) await failpoint('rewalk.after', this.log);
       const id = manifestId(manifest);
       this.ids.set(root, id);
@@ -46,7 +46,8 @@ export class Programs {
       return { manifest, id };
     });
     // Awaited by the move; until then a refusal must not count as unhandled.
-    walk.walked.catch(() => undefined);
+    walked.catch(() => undefined);
+    const walk: Walk = { guess, walked, mayOverlap };
     return walk;
   }
 

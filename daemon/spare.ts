@@ -17,13 +17,14 @@ import type { SpareJob } from './launch.js';
 /** A job is a few hundred bytes; more than this is no job. */
 const MOST = 1 << 20;
 
-function readJob(): Promise<SpareJob> {
+/** The job; null when the pipe closed first (its daemon went away). */
+function readJob(): Promise<SpareJob | null> {
   const chunks: Buffer[] = [];
   let size = 0;
   return new Promise((resolve, reject) => {
     const next = () => read(0, Buffer.alloc(65536), 0, 65536, null, (error, count, buffer) => {
       if (error) return reject(error);
-      if (count === 0) return reject(new Error('its daemon went away'));
+      if (count === 0) return resolve(null);
       chunks.push(buffer.subarray(0, count));
       size += count;
       // The daemon writes nothing more until the job has started: the line is all there is.
@@ -73,6 +74,7 @@ const [script] = process.argv.slice(2);
 const preloaded = preload(script);
 
 readJob().then(async (job) => {
+  if (job === null) process.exit(0);
   // What `ps` shows, in the room the spare's own command line leaves: the move it runs.
   process.title = job.title;
   Object.assign(process.env, job.env);
@@ -83,5 +85,5 @@ readJob().then(async (job) => {
   else (Module as unknown as { runMain(): void }).runMain();
 }, (error: Error) => {
   process.stderr.write(`rpcmig spare: ${error.message}\n`);
-  process.exit(error.message === 'its daemon went away' ? 0 : 1);
+  process.exit(1);
 });

@@ -157,18 +157,12 @@ export function writeStateFile(path: string, bytes: Uint8Array | Uint8Array[], d
 
 /**
  * A snapshot: the body's pieces are written as they are encoded, none kept, after room for the
- * header, which goes in last. Returns the file's size. Not durable: a migration's snapshot
- * lives only for the move, the server keeps its state in memory until the commit, and a crash
- * of the host ends the move, so nothing would read it back after one.
- */
-export function writeSnapshotFile(path: string, fingerprints: Fingerprints, body: Iterable<Uint8Array>): number {
-  return takeSnapshot(path, fingerprints, body, -1).size;
-}
-
-/**
- * The same, but a state of at most `inlineMax` bytes is returned whole (`inline`) and no file
- * is written: for a small state, creating, writing and renaming the file costs more than
- * encoding it. A larger one goes to the file as it is encoded, the pieces held so far first.
+ * header, which goes in last. Not durable: a migration's snapshot lives only for the move, the
+ * server keeps its state in memory until the commit, and a crash of the host ends the move, so
+ * nothing would read it back after one. A state of at most `inlineMax` bytes (-1: none) is
+ * returned whole (`inline`) and no file is written: for a small state, creating, writing and
+ * renaming the file costs more than encoding it; a larger one goes to the file as it is
+ * encoded, the pieces held so far first.
  */
 export function takeSnapshot(path: string, fingerprints: Fingerprints, body: Iterable<Uint8Array>, inlineMax: number): { size: number; inline?: Buffer } {
   const header = new StateFileHeader(fingerprints);
