@@ -9,8 +9,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BlobReceiver, BlobStore, buildManifest, manifestId, materialize, sendBlobs } from '../daemon/transfer.js';
+import { DEFAULT_BLANKS } from '../daemon/blanks.js';
 import { breakdown, Cluster } from '../test/helpers/cluster.js';
-import { ROOT } from '../test/helpers/process.js';
+import { blanksOf } from '../test/helpers/daemon.js';
+import { ROOT, waitFor } from '../test/helpers/process.js';
 import { machine, median, writeSection } from './results.js';
 
 const FILE_BYTES = 10_000;
@@ -50,6 +52,13 @@ const WHERE = 'Where the first move\'s copy time goes (perf, `strace -c -f` of t
 
 const BEFORE = 'Before batched calls and deferred fsyncs (one call and one fsync per blob), same machine, interleaved runs: (a) first move manifest 108–118 ms, copy 471–490 ms (19–20 MB/s); (b) big program first move copy 587–633 ms (19–21 MB/s), repeated-move ratio 1.34–1.42.';
 
+// The daemon's default: every file of the big program arrives into a blank.
+const BLANKS = ['--blanks', String(DEFAULT_BLANKS)];
+
+async function blanksReady(count: () => number): Promise<void> {
+  if (!(await waitFor(() => count() >= DEFAULT_BLANKS, 120_000, 100))) throw new Error(`only ${count()} of ${DEFAULT_BLANKS} blanks made in 120 s`);
+}
+
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   const start = performance.now();
   const result = await fn();
@@ -75,12 +84,16 @@ async function partA(base: string): Promise<string> {
   mkdirSync(root);
   writeFileSync(join(root, 'package.json'), '{"name":"bench"}');
   addFiles(join(root, 'node_modules'), 1000, FILE_BYTES, 'pkg');
-  const store = await BlobStore.open(join(base, 'spool'));
-  mkdirSync(join(base, 'spool', 'programs'));
+  const creating = await BlobStore.open(join(base, 'spool0'));
+  const blanks = await BlobStore.open(join(base, 'spool1'), { blanks: DEFAULT_BLANKS });
+  await blanksReady(() => blanks.blanks.count);
+  for (const n of [0, 1]) mkdirSync(join(base, `spool${n}`, 'programs'));
   const rows = [
-    await inProcess(root, store, join(base, 'spool', 'programs'), 'first'),
-    await inProcess(root, store, join(base, 'spool', 'programs'), 'second'),
+    await inProcess(root, creating, join(base, 'spool0', 'programs'), 'first, creating files'),
+    await inProcess(root, blanks, join(base, 'spool1', 'programs'), 'first, into blanks'),
+    await inProcess(root, blanks, join(base, 'spool1', 'programs'), 'second'),
   ];
+  blanks.close();
   return table(['move', 'entries', 'manifest ms', 'copy ms', 'bytes sent', 'copy MB/s', 'materialise ms'], rows);
 }
 
@@ -124,7 +137,9 @@ async function twoDaemons(dir: string, big: boolean): Promise<Moves> {
   makeProgram(dir, big);
   const cluster = new Cluster();
   try {
-    const [a, b] = [await cluster.daemon(), await cluster.daemon()];
+    const [a, b] = [await cluster.daemon({}, BLANKS), await cluster.daemon({}, BLANKS)];
+    // A daemon makes its blanks when it starts; the first move here comes once they are made.
+    await blanksReady(() => Math.min(blanksOf(a), blanksOf(b)));
     const name = big ? 'big' : 'small';
     await cluster.server(join(dir, 'dist', 'counter', 'server.js'), a, ['--name', name]);
     const first = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));

@@ -3,15 +3,17 @@
 // Creating a file is the cost of a first move here: on ext4 without a journal, each new inode
 // is found by skipping every inode freed in the last minutes (`recently_deleted`), up to a
 // millisecond of kernel time on a host that deletes many files. So the store makes no more
-// inodes than the blobs themselves (one flat directory, no fan-out directories), and writes
-// them from several temporary directories, since creations in one directory take turns.
+// inodes than the blobs themselves (one flat directory, no fan-out directories), writes them
+// into blank files made while the daemon was idle (blanks.ts), and creates the rest from several
+// temporary directories, since creations in one directory take turns.
 import { createHash, randomBytes, type Hash } from 'node:crypto';
-import { constants, createReadStream, lstatSync } from 'node:fs';
+import { closeSync, constants, createReadStream, fchmodSync, futimesSync, lstatSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { RpcmigError } from '../runtime/errors.js';
 import { forEachLimit } from './manifest.js';
+import { Blanks } from './blanks.js';
 import { DEFAULT_LIMITS, isFileEntry, type Manifest } from './validate.js';
 
 const HASH = /^[0-9a-f]{64}$/;
@@ -49,18 +51,31 @@ export class BlobStore {
   private marker: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
   private temporaries = 0;
+  /** Empty files in `<spool>/blobs/blank/`, written instead of creating new ones. */
+  readonly blanks: Blanks;
 
-  private constructor(readonly dir: string) {}
+  private constructor(readonly dir: string, blanks: number, log: (line: string) => void) {
+    this.blanks = new Blanks(join(dir, 'blank'), blanks, log);
+  }
 
-  /** Opens `<spool>/blobs/`, discarding temporary files a crash left behind. */
-  static async open(spool: string): Promise<BlobStore> {
-    const store = new BlobStore(join(spool, 'blobs'));
+  /**
+   * Opens `<spool>/blobs/`, discarding temporary files a crash left behind, and starts making
+   * `blanks` blank files in the background (the daemon keeps DEFAULT_BLANKS; default here none).
+   */
+  static async open(spool: string, options: { blanks?: number; log?: (line: string) => void } = {}): Promise<BlobStore> {
+    const store = new BlobStore(join(spool, 'blobs'), options.blanks ?? 0, options.log ?? (() => undefined));
     const tmp = join(store.dir, 'tmp');
     await rm(tmp, { recursive: true, force: true });
     for (let n = 0; n < TMP_DIRS; n++) await mkdir(join(tmp, String(n)), { recursive: true });
     await store.dropFanOut();
     await store.recover();
+    await store.blanks.open();
     return store;
+  }
+
+  /** Stops making blanks. */
+  close(): void {
+    this.blanks.close();
   }
 
   /**
@@ -115,6 +130,47 @@ export class BlobStore {
       await writer.discard();
       throw error;
     }
+  }
+
+  /**
+   * Stores a blob received in one piece (most files of a program) with synchronous calls: ~0.1 ms
+   * for 10 KB here, against ~0.3 ms for the six round trips through the thread pool that the
+   * same calls take as promises. The caller yields to the event loop between blobs.
+   */
+  async putWhole(hash: string, bytes: Uint8Array): Promise<void> {
+    const actual = createHash('sha256').update(bytes).digest('hex');
+    if (actual !== hash) throw refuseBlob(hash, `content hashes to ${actual}`);
+    this.unsynced.add(hash);
+    this.installs++;
+    if (!this.marked) await this.mark();
+    const { fd, tmp, blank } = this.openSync(hash);
+    try {
+      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at, bytes.length - at, at);
+      if (blank) fchmodSync(fd, 0o444);
+      futimesSync(fd, SEALED_MTIME, SEALED_MTIME);
+    } catch (error) {
+      closeSync(fd);
+      rmSync(tmp, { force: true });
+      throw error;
+    }
+    closeSync(fd);
+    renameSync(tmp, this.path(hash));
+    this.schedule();
+  }
+
+  /** A file to write the blob into: a blank if one is left (see BlobWriter.open), else a new temporary file. */
+  private openSync(hash: string): { fd: number; tmp: string; blank: boolean } {
+    const flags = constants.O_WRONLY | constants.O_NOFOLLOW;
+    const blank = this.blanks.take();
+    if (blank !== undefined) {
+      try {
+        return { fd: openSync(blank, flags), tmp: blank, blank: true };
+      } catch {
+        // Gone from under the store: a new file does as well.
+      }
+    }
+    const tmp = this.temporary(hash);
+    return { fd: openSync(tmp, flags | constants.O_CREAT | constants.O_EXCL, 0o444), tmp, blank: false };
   }
 
   /** A fresh temporary name for the blob, in the next temporary directory. */
@@ -241,13 +297,23 @@ export class BlobWriter {
     private readonly maxBytes: number,
     private readonly file: FileHandle,
     private readonly tmp: string,
+    /** A blank is made writable (0o600); a created file is read-only from the start. */
+    private readonly blank: boolean,
   ) {}
 
+  /**
+   * Writes into a blank if one is left, else into a new temporary file. A blank is empty (the
+   * store checked it when it opened, and only the daemon's user can write the spool); O_TRUNC
+   * would make ext4 write the file back when it is closed (its `auto_da_alloc`).
+   */
   static async open(store: BlobStore, hash: string, maxBytes: number): Promise<BlobWriter> {
     store.path(hash);
+    const blank = store.blanks.take();
+    const flags = constants.O_WRONLY | constants.O_NOFOLLOW;
+    const file = blank === undefined ? undefined : await open(blank, flags).catch(() => undefined);
+    if (blank !== undefined && file !== undefined) return new BlobWriter(store, hash, maxBytes, file, blank, true);
     const tmp = store.temporary(hash);
-    const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
-    return new BlobWriter(store, hash, maxBytes, await open(tmp, flags, 0o444), tmp);
+    return new BlobWriter(store, hash, maxBytes, await open(tmp, flags | constants.O_CREAT | constants.O_EXCL, 0o444), tmp, false);
   }
 
   async append(offset: number, bytes: Uint8Array): Promise<void> {
@@ -264,8 +330,9 @@ export class BlobWriter {
     if (actual !== this.hash) throw refuseBlob(this.hash, `content hashes to ${actual}`);
   }
 
-  /** Seals the mtime and installs the blob; its data reaches the disk at the store's checkpoint. */
+  /** Seals the mode and mtime and installs the blob; its data reaches the disk at the store's checkpoint. */
   async seal(): Promise<void> {
+    if (this.blank) await this.file.chmod(0o444);
     await this.file.utimes(SEALED_MTIME, SEALED_MTIME);
     await this.file.close();
     await this.store.install(this.tmp, this.hash);

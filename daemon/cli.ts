@@ -12,6 +12,7 @@ import { DEFAULT_DAEMON_PORT, formatAddress, loadKey, openDaemon, parseAddress, 
 import { RpcmigError, type ErrorCode } from '../runtime/errors.js';
 import { startDaemon } from './daemon.js';
 import { MAX_SPARES } from './launch.js';
+import { MAX_BLANKS } from './blanks.js';
 import { breakdownTable, checkBreakdown, checkListing, JSON_RULE, listingTable, toJson } from './output.js';
 import type { Progress } from './progress.js';
 import { EXIT, USAGE } from './usage.js';
@@ -31,7 +32,7 @@ const DAEMON = { daemon: { type: 'string' }, json: { type: 'boolean' }, ...KEY_F
 
 const COMMANDS: Record<string, Command> = {
   daemon: {
-    options: { listen: { type: 'string' }, advertise: { type: 'string' }, dir: { type: 'string' }, spares: { type: 'string' }, ...KEY_FILE },
+    options: { listen: { type: 'string' }, advertise: { type: 'string' }, dir: { type: 'string' }, spares: { type: 'string' }, blanks: { type: 'string' }, ...KEY_FILE },
     run: runDaemon,
   },
   keygen: { options: { force: { type: 'boolean' } }, run: runKeygen },
@@ -72,9 +73,10 @@ function envNumber(name: string): number | undefined {
   return Number(text);
 }
 
-function spareCount(text: string | undefined): number | undefined {
+/** A count option of the daemon (`--spares`, `--blanks`), from 0 to `max`. */
+function count(option: string, text: string | undefined, max: number): number | undefined {
   if (text === undefined) return undefined;
-  if (!/^\d+$/.test(text) || Number(text) > MAX_SPARES) throw new UsageError(`--spares must be an integer from 0 to ${MAX_SPARES}; got ${JSON.stringify(text)}`);
+  if (!/^\d+$/.test(text) || Number(text) > max) throw new UsageError(`${option} must be an integer from 0 to ${max}; got ${JSON.stringify(text)}`);
   return Number(text);
 }
 
@@ -88,7 +90,8 @@ async function runDaemon(values: Values, positionals: string[]): Promise<number>
   const advertise = values.advertise === undefined ? undefined : address(values.advertise as string, '--advertise');
   const dir = resolve((values.dir as string | undefined) ?? join(homedir(), '.rpcmig'));
   const options = {
-    listen, advertise, dir, log, spares: spareCount(values.spares as string | undefined),
+    listen, advertise, dir, log, spares: count('--spares', values.spares as string | undefined, MAX_SPARES),
+    blanks: count('--blanks', values.blanks as string | undefined, MAX_BLANKS),
     handshakeTimeout: envNumber('RPCMIG_HANDSHAKE_TIMEOUT_MS'),
     maxFrame: envNumber('RPCMIG_MAX_FRAME'),
     pidCheckInterval: envNumber('RPCMIG_PID_CHECK_MS'),

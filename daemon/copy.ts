@@ -10,8 +10,6 @@ import { isFileEntry, type Manifest } from './validate.js';
 
 // Each unfinished blob holds a file descriptor: a peer may not open them without bound.
 const MAX_OPEN_BLOBS = 16;
-// Whole small blobs written at once: each holds a descriptor too, and the thread pool has 4.
-const MAX_WRITING = 16;
 // Bytes a peer may queue ahead of the writers: bounds the memory its pieces hold.
 const MAX_QUEUED_BYTES = 64 * 2 ** 20;
 const MAX_BATCH_PIECES = 4096;
@@ -39,7 +37,6 @@ export class BlobReceiver {
   private readonly sizes = new Map<string, number>();
   private readonly open = new Map<string, Incoming>();
   private readonly pending = new Set<Promise<unknown>>();
-  private readonly writing = new Slots(MAX_WRITING);
   private queued = 0;
 
   constructor(private readonly store: BlobStore, manifest: Manifest) {
@@ -108,16 +105,15 @@ export class BlobReceiver {
     return blob;
   }
 
-  /** A blob in one piece (most files of a program): written whole, at most MAX_WRITING at a time. */
+  /**
+   * A blob in one piece (most files of a program): written whole with synchronous calls, one
+   * blob per turn of the event loop, so that the daemon answers others between two blobs.
+   */
   private async whole(hash: string, size: number, bytes: Uint8Array): Promise<boolean> {
     const reason = misfit(0, 0, bytes.length, true, size);
     if (reason !== undefined) throw refuseBlob(hash, reason);
-    await this.writing.take();
-    try {
-      await this.store.put(hash, bytes, size);
-    } finally {
-      this.writing.give();
-    }
+    await nextTurn();
+    await this.store.putWhole(hash, bytes);
     return true;
   }
 
@@ -133,24 +129,6 @@ function misfit(next: number, offset: number, length: number, final: boolean, si
   if (offset + length > size) return `longer than ${size} bytes`;
   if (final && offset + length !== size) return `ended at ${offset + length} bytes, the manifest says ${size}`;
   return undefined;
-}
-
-/** A counting semaphore: `take` waits while all slots are taken. */
-class Slots {
-  private readonly waiting: Array<() => void> = [];
-
-  constructor(private free: number) {}
-
-  async take(): Promise<void> {
-    if (this.free > 0) this.free--;
-    else await new Promise<void>((resolve) => this.waiting.push(resolve));
-  }
-
-  give(): void {
-    const next = this.waiting.shift();
-    if (next) next();
-    else this.free++;
-  }
 }
 
 /** How the source hands a batch of pieces to the destination's `BlobReceiver.receive` (an RPC call). */

@@ -20,6 +20,7 @@ import { checkMigrate, type SourceContext } from './move.js';
 import { Recovery } from './recover.js';
 import { checkName, checkRegistration, isMoveId, Names, type Listing, type Registration, type Server } from './names.js';
 import { BlobStore } from './transfer.js';
+import { DEFAULT_BLANKS } from './blanks.js';
 
 export interface DaemonOptions {
   /** Port 0 picks a free port; `Daemon.address` tells which. */
@@ -41,6 +42,8 @@ export interface DaemonOptions {
   maxConnectionsPerPeer?: number;
   /** Node processes kept started for moves to this host (`--spares`): their standbys skip Node's start-up. Default 1. */
   spares?: number;
+  /** Empty files kept ready for the blobs of programs arriving here (`--blanks`): creating files is a first move's cost. Default DEFAULT_BLANKS. */
+  blanks?: number;
   /** One line per event, without a prefix or newline. */
   log: (line: string) => void;
 }
@@ -71,7 +74,7 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const bound = server.address();
   const address = typeof bound === 'object' && bound ? { host: bound.address, port: bound.port } : options.listen;
-  const daemon = new NameDaemon(server, address, options, await BlobStore.open(options.dir));
+  const daemon = new NameDaemon(server, address, options, await BlobStore.open(options.dir, { blanks: options.blanks ?? DEFAULT_BLANKS, log: options.log }));
   await daemon.init();
   daemon.spares.fill();
   return daemon;
@@ -134,7 +137,7 @@ class NameDaemon implements Daemon {
     gate: (_peer, [id]) => this.arrivals.gate(id),
   };
 
-  constructor(private readonly server: NetServer, readonly address: Address, private readonly options: DaemonOptions, store: BlobStore) {
+  constructor(private readonly server: NetServer, readonly address: Address, private readonly options: DaemonOptions, private readonly store: BlobStore) {
     this.advertised = formatAddress(options.advertise ?? address);
     this.names = new Names(this.advertised);
     this.forwards = new Forwards(options.dir, options.log);
@@ -172,6 +175,7 @@ class NameDaemon implements Daemon {
   async close(): Promise<void> {
     clearInterval(this.sweeper);
     this.spares.close();
+    this.store.close();
     this.coordinator.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const socket of this.sockets) socket.destroy();

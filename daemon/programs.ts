@@ -5,7 +5,7 @@ import { relative } from 'node:path';
 import { failpoint } from '../runtime/failpoints.js';
 import type { Server } from './names.js';
 import type { ShipmentHead } from './shipment.js';
-import { manifestId, type Manifest } from './transfer.js';
+import type { Manifest } from './transfer.js';
 import { Walker } from './walker.js';
 
 /**
@@ -38,9 +38,8 @@ export class Programs {
   walk(root: string): Walk {
     const guess = this.ids.get(root);
     const mayOverlap = (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS;
-    const walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms)).then(async (manifest) => {
+    const walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms)).then(async ({ manifest, id }) => {
       if (guess !== undefined) await failpoint('rewalk.after', this.log);
-      const id = manifestId(manifest);
       this.ids.set(root, id);
       walk.id = id;
       return { manifest, id };

@@ -3,6 +3,7 @@ import { DEFAULT_HANDSHAKE_TIMEOUT } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME } from '../runtime/wire.js';
 import { DEFAULT_MAX_CONNECTIONS_PER_PEER } from './daemon.js';
 import { DEFAULT_SPARES, MAX_SPARES } from './launch.js';
+import { DEFAULT_BLANKS, MAX_BLANKS } from './blanks.js';
 
 export const EXIT = {
   ok: 0,
@@ -51,7 +52,7 @@ Exit codes:
   9  the migration failed; the message names the step, and the server serves on
      where it was
 `,
-  daemon: `Usage: rpcmig daemon [--listen HOST:PORT] [--advertise HOST:PORT] [--dir DIR] [--spares N] [--key-file FILE]
+  daemon: `Usage: rpcmig daemon [--listen HOST:PORT] [--advertise HOST:PORT] [--dir DIR] [--spares N] [--blanks N] [--key-file FILE]
 
 Runs this host's daemon in the foreground until SIGINT or SIGTERM. Every connection
 must prove it holds the cluster key before anything else is read. Prints one line
@@ -63,6 +64,8 @@ Options:
   --dir DIR              the spool, created mode 0700 (default: ~/.rpcmig)
   --spares N             Node processes kept started, 0 to ${MAX_SPARES}, so that a server moving
                          here does not wait for Node to start (default: ${DEFAULT_SPARES})
+  --blanks N             empty files kept in the spool, 0 to ${MAX_BLANKS}, so that a program's
+                         first move here writes its files without creating them (default: ${DEFAULT_BLANKS})
 ${KEY_OPTION}
 ${HELP_OPTION}
 

@@ -4,7 +4,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
@@ -44,6 +44,8 @@ test('ENOSPC at the destination mid-copy rolls the move back; a retry elsewhere 
   const arriving = join(spool, 'arriving');
   assert.equal(existsSync(arriving) ? readdirSync(arriving) : [], [], 'nothing of the move is left at the destination');
   assert.equal(readdirSync(join(spool, 'blobs', 'tmp'), { recursive: true, withFileTypes: true }).filter((e) => !e.isDirectory()), [], 'no half-written blob is left');
+  const blank = join(spool, 'blobs', 'blank');
+  assert.equal(readdirSync(blank).filter((name) => statSync(join(blank, name)).size !== 0), [], 'no blank was left half-written');
   const roomy = await cluster.daemon();
   breakdown(await cluster.migrate('cramped', a, roomy, ['--grace', '0.2']));
   assert.is(await client.get(), 2);

@@ -41,7 +41,9 @@ const moveId = (): string => randomBytes(8).toString('hex');
  * marker of unsynced blobs, which comes and goes on its own timer.
  */
 /** The spool, but for the spares' logs (spares come and go). */
-const listing = (): string[] => readdirSync(spool, { recursive: true }).map(String).filter((p) => p !== join('blobs', 'unsynced') && !p.startsWith('spares')).sort();
+// Spares and blank files come and go by themselves; neither is a move's.
+const listing = (): string[] => readdirSync(spool, { recursive: true }).map(String)
+  .filter((p) => p !== join('blobs', 'unsynced') && !p.startsWith('spares') && !p.startsWith(join('blobs', 'blank'))).sort();
 const gone = (id: string): boolean => !listing().includes(join('arriving', id));
 
 /** What a source sends first, for the counter fixture (nobody listens at the source's address). */

@@ -5,11 +5,11 @@
 // `--spares 0` keeps none.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { cpSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER, sparesOf } from './helpers/cluster.js';
-import type { DaemonProcess } from './helpers/daemon.js';
+import { blanksOf, type DaemonProcess } from './helpers/daemon.js';
 import { isAlive, ROOT, waitFor } from './helpers/process.js';
 
 interface Counter {
@@ -163,12 +163,39 @@ test('a CommonJS program moves through a spare too, warm the second time', async
   await cluster.end([a, b]);
 });
 
-test('--spares takes an integer from 0 to 16', async () => {
-  for (const bad of ['17', '1.5', 'two']) {
-    const result = await cluster.cli(['daemon', '--spares', bad, '--listen', '127.0.0.1:0', '--dir', `${cluster.dir}/unused`]);
-    assert.is(result.code, 2, `${bad}: ${result.stderr}`);
-    assert.match(result.stderr, /--spares must be an integer from 0 to 16/);
+test('a first move writes its files into the destination\'s blank files, which the daemon makes again; a restart keeps them', async () => {
+  const blanks = 48; // the tests' daemons keep 48 (test/helpers/daemon.ts); a fixture program has more files
+  const a = await cluster.daemon();
+  const b = await cluster.restartable('blanks');
+  const blankDir = join(b.spool, 'blobs', 'blank');
+  const inodes = () => new Map(readdirSync(blankDir).map((name) => [name, statSync(join(blankDir, name)).ino]));
+  assert.ok(await waitFor(() => blanksOf(b.daemon) === blanks, 10_000), `${blanksOf(b.daemon)} blanks`);
+  const before = inodes();
+  const { name, client } = await counterOn(a);
+  await client.incr();
+  breakdown(await cluster.migrate(name, a, b.daemon, ['--grace', '0.2']));
+  assert.is(await client.incr(), 2);
+  const blobs = new Set(readdirSync(join(b.spool, 'blobs')).filter((n) => /^[0-9a-f]{64}$/.test(n)).map((n) => statSync(join(b.spool, 'blobs', n)).ino));
+  assert.ok(blobs.size > blanks, `${blobs.size} blobs`);
+  assert.ok([...before.values()].every((ino) => blobs.has(ino)), 'every blank became a blob');
+  assert.ok(await waitFor(() => blanksOf(b.daemon) === blanks, 10_000), `made again: ${blanksOf(b.daemon)}`);
+  const made = inodes();
+  assert.ok([...made.values()].every((ino) => !blobs.has(ino)), 'the new blanks are new files');
+  await cluster.end([a, b.daemon]);
+  const restarted = await b.restart();
+  await waitFor(() => blanksOf(restarted) === blanks, 10_000);
+  assert.equal(inodes(), made, 'the restarted daemon kept its blanks');
+  await cluster.end([restarted]);
+});
+
+test('--spares takes an integer from 0 to 16, --blanks one from 0 to 65536', async () => {
+  const cases: Array<[string, string]> = [['--spares', '17'], ['--spares', '1.5'], ['--spares', 'two'], ['--blanks', '65537'], ['--blanks', '-1'], ['--blanks', '1e3']];
+  for (const [option, bad] of cases) {
+    const result = await cluster.cli(['daemon', `${option}=${bad}`, '--listen', '127.0.0.1:0', '--dir', `${cluster.dir}/unused`]);
+    assert.is(result.code, 2, `${option} ${bad}: ${result.stderr}`);
+    assert.match(result.stderr, option === '--spares' ? /--spares must be an integer from 0 to 16/ : /--blanks must be an integer from 0 to 65536/);
   }
+  assert.not.ok(existsSync(`${cluster.dir}/unused`), 'no spool was made');
 });
 
 test.run();

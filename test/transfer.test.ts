@@ -8,6 +8,7 @@ import { chmodSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { RpcmigError } from '../runtime/errors.js';
+import { waitFor } from './helpers/process.js';
 import { BlobReceiver, BlobStore, buildManifest, chunkFile, sendBlobs, findPackageRoot, hashStats, manifestId, materialize, type Manifest, type Piece } from '../daemon/transfer.js';
 
 const base = mkdtempSync(join(tmpdir(), 'rpcmig-transfer-'));
@@ -168,6 +169,47 @@ test('a blob changed in place through a hard link no longer counts as stored', a
   chmodSync(store.path(sha('x')), 0o644);
   writeFileSync(store.path(sha('x')), 'y');
   assert.not.ok(await store.has(sha('x')));
+});
+
+test('blobs arrive into blank files, sealed read-only; the blanks are made again, and a reopened store keeps the good ones', async () => {
+  const spool = freshDir();
+  const store = await BlobStore.open(spool, { blanks: 6 });
+  const blankDir = join(spool, 'blobs', 'blank');
+  assert.ok(await waitFor(() => store.blanks.count === 6, 10_000), `${store.blanks.count} blanks made`);
+  const inodes = new Set(readdirSync(blankDir).map((name) => statSync(join(blankDir, name)).ino));
+  assert.is(inodes.size, 6);
+  const whole = ['one', 'two', 'three', 'four'];
+  const big = 'x'.repeat(10_000);
+  const manifest: Manifest = { entries: [...whole.map((text) => file(`${text}.js`, text)), file('zbig.js', big)].sort((a, b) => (a.path < b.path ? -1 : 1)) };
+  const receiver = new BlobReceiver(store, manifest);
+  // Four blobs in one piece each, one in three pieces: both ways of writing take blanks.
+  await receiver.receive(whole.map((text): Piece => [sha(text), 0, Buffer.from(text), true]));
+  for (const [offset, end] of [[0, 4000], [4000, 8000], [8000, 10_000]]) {
+    await receiver.receive([[sha(big), offset, Buffer.from(big.slice(offset, end)), end === 10_000]]);
+  }
+  for (const text of [...whole, big]) {
+    const st = statSync(store.path(sha(text)));
+    assert.is(readFileSync(store.path(sha(text)), 'utf8'), text);
+    assert.is(st.mode & 0o777, 0o444, 'sealed read-only');
+    assert.is(st.mtimeMs, 0, 'sealed mtime');
+    assert.ok(await store.has(sha(text), text.length));
+    assert.ok(inodes.has(st.ino), 'written into a blank');
+  }
+  assert.is(readdirSync(join(spool, 'blobs', 'tmp'), { recursive: true, withFileTypes: true }).filter((e) => !e.isDirectory()).length, 0, 'no file was created for them');
+  assert.ok(await waitFor(() => store.blanks.count === 6, 10_000), `made again: ${store.blanks.count}`);
+  store.close();
+  // A blank someone wrote into, and a stranger, are removed; the empty ones are kept.
+  const kept = readdirSync(blankDir).sort();
+  writeFileSync(join(blankDir, kept[0]), 'not empty');
+  writeFileSync(join(blankDir, 'stranger'), '');
+  const again = await BlobStore.open(spool, { blanks: 6 });
+  assert.ok(await waitFor(() => again.blanks.count === 6, 10_000));
+  const now = readdirSync(blankDir).sort();
+  assert.ok(kept.slice(1).every((name) => now.includes(name)), 'the empty blanks are kept');
+  assert.not.ok(now.includes(kept[0]));
+  assert.not.ok(now.includes('stranger'));
+  assert.ok(now.every((name) => statSync(join(blankDir, name)).size === 0));
+  again.close();
 });
 
 const REFUSALS: [string, unknown, string, object?][] = [

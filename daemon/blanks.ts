@@ -1,0 +1,87 @@
+// Empty files the blob store keeps ready for a first move's blobs (blobs.ts). Creating a file
+// is what a first move costs: on ext4 without a journal, each new inode is found by skipping
+// every inode freed in the last minutes, up to a millisecond of kernel time each on a host that
+// deletes many files. A blank, created while the daemon is idle, turns a blob's creation into
+// an open, a write and a rename. Blanks outlive the daemon: a restart keeps them.
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { lstat, mkdir, open, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/** Blanks a daemon keeps (`--blanks`): a program of that many files arrives without creating one. */
+export const DEFAULT_BLANKS = 2048;
+export const MAX_BLANKS = 65536;
+const BLANK = /^blank-[0-9a-f]{16}$/;
+// The refill waits this long after the last blank was taken, so that it does not compete with
+// the move that took them; a blank taken meanwhile pauses it again.
+const REFILL_DELAY_MS = 1000;
+
+export class Blanks {
+  private readonly ready: string[] = [];
+  private timer: NodeJS.Timeout | undefined;
+  private filling = false;
+  private closed = false;
+  private taken = 0;
+
+  constructor(private readonly dir: string, private readonly target: number, private readonly log: (line: string) => void) {}
+
+  /** Keeps the blanks an earlier daemon left (empty regular files), removes anything else, and starts filling. */
+  async open(): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    for (const name of await readdir(this.dir)) {
+      const path = join(this.dir, name);
+      const st = await lstat(path).catch(() => undefined);
+      const blank = st !== undefined && BLANK.test(name) && st.isFile() && st.size === 0 && st.nlink === 1;
+      if (blank && this.ready.length < this.target) this.ready.push(path);
+      else await rm(path, { recursive: true, force: true });
+    }
+    this.schedule(0);
+  }
+
+  /** Blanks ready now. */
+  get count(): number {
+    return this.ready.length;
+  }
+
+  /** A blank's path, to be opened without O_CREAT (and renamed or removed), or undefined when none is left. */
+  take(): string | undefined {
+    const path = this.ready.pop();
+    if (path === undefined) return undefined;
+    this.taken++;
+    this.schedule(REFILL_DELAY_MS);
+    return path;
+  }
+
+  close(): void {
+    this.closed = true;
+    clearTimeout(this.timer);
+  }
+
+  private schedule(delayMs: number): void {
+    clearTimeout(this.timer);
+    if (this.closed || this.ready.length >= this.target) return;
+    this.timer = setTimeout(() => void this.fill(), delayMs);
+    this.timer.unref();
+  }
+
+  /** Creates blanks one at a time (one thread of the pool) up to the target, until a blank is taken. */
+  private async fill(): Promise<void> {
+    if (this.filling) return;
+    this.filling = true;
+    const taken = this.taken;
+    try {
+      while (!this.closed && this.ready.length < this.target && this.taken === taken) {
+        const path = join(this.dir, `blank-${randomBytes(8).toString('hex')}`);
+        const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+        await (await open(path, flags, 0o600)).close();
+        this.ready.push(path);
+      }
+    } catch (error) {
+      // Only a first move's speed depends on blanks: it creates its files itself.
+      if (!this.closed) this.log(`blank files for arriving programs: ${(error as Error).message}; ${this.ready.length} ready`);
+    } finally {
+      this.filling = false;
+      if (this.taken !== taken) this.schedule(REFILL_DELAY_MS);
+    }
+  }
+}
