@@ -17,7 +17,7 @@ import { kill, launch, tail, type Launch, type Launched, type Spares } from './l
 import type { Server } from './names.js';
 import { ARRIVAL_RECORD_FILE, checkShipment, marksOf, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
 import { Settlement } from './settle.js';
-import { BlobReceiver, BlobStore, materialize } from './transfer.js';
+import { BlobReceiver, BlobStore, materialize, type Manifest } from './transfer.js';
 
 export interface ArrivalContext {
   spool: string;
@@ -33,6 +33,8 @@ export interface ArrivalContext {
   confirm(name: string, id: string): void;
   /** The source rolled the move back: the server it brought here is unregistered (and ended). */
   evict(name: string, id: string): void;
+  /** A program's tree was built at `root` from the store's verified blobs. */
+  built(root: string, manifest: Manifest, program: string): void;
   log(line: string): void;
 }
 
@@ -80,6 +82,11 @@ export class Arrivals {
   private readonly awaited = new Map<string, { pid: number; registered(arrived: Arrived): void }>();
   /** Moves this daemon did not hear the end of, settled by asking their sources. */
   private readonly settlement: Settlement;
+
+  /** Moves under way to here. */
+  get underway(): number {
+    return this.arrivals.size;
+  }
 
   constructor(private readonly ctx: ArrivalContext) {
     this.settlement = new Settlement(ctx);
@@ -365,7 +372,12 @@ export class Arrivals {
     await mkdir(join(this.ctx.spool, 'programs'), { recursive: true, mode: 0o700 });
     const staging = `${dir}.${id}.${randomBytes(4).toString('hex')}`;
     await materialize(manifest, this.ctx.store, staging);
-    await rename(staging, dir).catch(async () => rm(staging, { recursive: true, force: true }));
+    // A move of the same program that arrived meanwhile built it first: that tree stays.
+    const built = await rename(staging, dir).then(() => true, async () => {
+      await rm(staging, { recursive: true, force: true });
+      return false;
+    });
+    if (built) this.ctx.built(dir, manifest, program);
     return dir;
   }
 }

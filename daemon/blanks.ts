@@ -13,7 +13,7 @@ export const DEFAULT_BLANKS = 2048;
 export const MAX_BLANKS = 65536;
 const BLANK = /^blank-[0-9a-f]{16}$/;
 // The refill waits this long after the last blank was taken, so that it does not compete with
-// the move that took them; a blank taken meanwhile pauses it again.
+// the move that took them; a blank taken meanwhile, or a move under way, pauses it again.
 const REFILL_DELAY_MS = 1000;
 
 export class Blanks {
@@ -23,7 +23,8 @@ export class Blanks {
   private closed = false;
   private taken = 0;
 
-  constructor(private readonly dir: string, private readonly target: number, private readonly log: (line: string) => void) {}
+  /** `idle`: no move is under way here, so blanks may be made now. */
+  constructor(private readonly dir: string, private readonly target: number, private readonly log: (line: string) => void, private readonly idle: () => boolean) {}
 
   /** Keeps the blanks an earlier daemon left (empty regular files), removes anything else, and starts filling. */
   async open(): Promise<void> {
@@ -64,13 +65,16 @@ export class Blanks {
     this.timer.unref();
   }
 
-  /** Creates blanks one at a time (one thread of the pool) up to the target, until a blank is taken. */
+  /** Creates blanks one at a time (one thread of the pool) up to the target, until a blank is taken or a move begins. */
   private async fill(): Promise<void> {
     if (this.filling) return;
     this.filling = true;
     const taken = this.taken;
+    let busy = false;
     try {
       while (!this.closed && this.ready.length < this.target && this.taken === taken) {
+        busy = !this.idle();
+        if (busy) break;
         const path = join(this.dir, `blank-${randomBytes(8).toString('hex')}`);
         const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
         await (await open(path, flags, 0o600)).close();
@@ -81,7 +85,7 @@ export class Blanks {
       if (!this.closed) this.log(`blank files for arriving programs: ${(error as Error).message}; ${this.ready.length} ready`);
     } finally {
       this.filling = false;
-      if (this.taken !== taken) this.schedule(REFILL_DELAY_MS);
+      if (this.taken !== taken || busy) this.schedule(REFILL_DELAY_MS);
     }
   }
 }

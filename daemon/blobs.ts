@@ -20,7 +20,7 @@ const HASH = /^[0-9a-f]{64}$/;
 // Every blob carries this mtime. Materialised programs share blob inodes through hard links, so a
 // program that rewrites one of its files in place (as root, despite mode 0444) changes the
 // blob; its mtime then differs and the store treats the blob as missing instead of serving it.
-const SEALED_MTIME = 0;
+export const SEALED_MTIME = 0;
 // Blobs checked between two yields to the event loop (~2 ms).
 const STAT_SLICE = 256;
 // Temporary directories, written round-robin: as many as the thread pool has threads.
@@ -35,6 +35,14 @@ const BOOT_ID = '/proc/sys/kernel/random/boot_id';
 // storm of journal commits that slowed the migrations that followed.
 const CHECKPOINT_DELAY_MS = 60_000;
 const SYNC_CONCURRENCY = 4;
+
+export interface StoreOptions {
+  /** Blank files to keep ready (see blanks.ts); none unless told. */
+  blanks?: number;
+  log?: (line: string) => void;
+  /** Whether blanks may be made now: no move is under way. */
+  idle?: () => boolean;
+}
 
 export function refuseBlob(hash: string, reason: string): RpcmigError {
   const shown = String(hash).slice(0, 64);
@@ -54,16 +62,16 @@ export class BlobStore {
   /** Empty files in `<spool>/blobs/blank/`, written instead of creating new ones. */
   readonly blanks: Blanks;
 
-  private constructor(readonly dir: string, blanks: number, log: (line: string) => void) {
-    this.blanks = new Blanks(join(dir, 'blank'), blanks, log);
+  private constructor(readonly dir: string, { blanks = 0, log = () => undefined, idle = () => true }: StoreOptions) {
+    this.blanks = new Blanks(join(dir, 'blank'), blanks, log, idle);
   }
 
   /**
    * Opens `<spool>/blobs/`, discarding temporary files a crash left behind, and starts making
    * `blanks` blank files in the background (the daemon keeps DEFAULT_BLANKS; default here none).
    */
-  static async open(spool: string, options: { blanks?: number; log?: (line: string) => void } = {}): Promise<BlobStore> {
-    const store = new BlobStore(join(spool, 'blobs'), options.blanks ?? 0, options.log ?? (() => undefined));
+  static async open(spool: string, options: StoreOptions = {}): Promise<BlobStore> {
+    const store = new BlobStore(join(spool, 'blobs'), options);
     const tmp = join(store.dir, 'tmp');
     await rm(tmp, { recursive: true, force: true });
     for (let n = 0; n < TMP_DIRS; n++) await mkdir(join(tmp, String(n)), { recursive: true });

@@ -74,7 +74,9 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
   });
   const bound = server.address();
   const address = typeof bound === 'object' && bound ? { host: bound.address, port: bound.port } : options.listen;
-  const daemon = new NameDaemon(server, address, options, await BlobStore.open(options.dir, { blanks: options.blanks ?? DEFAULT_BLANKS, log: options.log }));
+  let daemon: NameDaemon | undefined;
+  const idle = () => daemon?.idle() ?? false;
+  daemon = new NameDaemon(server, address, options, await BlobStore.open(options.dir, { blanks: options.blanks ?? DEFAULT_BLANKS, log: options.log, idle }));
   await daemon.init();
   daemon.spares.fill();
   return daemon;
@@ -157,6 +159,7 @@ class NameDaemon implements Daemon {
       spool: options.dir, key: options.key, store, log, spares: this.spares, serverEnv,
       confirm: (name, id) => this.confirm(name, id),
       evict: (name, id) => this.evict(name, id),
+      built: (root, manifest, program) => this.coordinator.arrived(root, manifest, program),
       serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
     });
     this.sweeper = setInterval(() => this.sweep(), options.pidCheckInterval ?? 1000).unref();
@@ -170,6 +173,11 @@ class NameDaemon implements Daemon {
       await this.arrivals.loadUnsettled();
     })();
     return this.loaded;
+  }
+
+  /** No move is under way here, as source or destination. */
+  idle(): boolean {
+    return this.coordinator.underway === 0 && this.arrivals.underway === 0;
   }
 
   async close(): Promise<void> {

@@ -6,7 +6,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { dirname, join, relative, resolve, sep } from 'node:path';
 import { RpcmigError } from '../runtime/errors.js';
-import { DEFAULT_LIMITS, refuse, validateManifest, type Entry, type FileMode, type Limits, type Manifest } from './validate.js';
+import { DEFAULT_LIMITS, isFileEntry, refuse, validateManifest, type Entry, type FileMode, type Limits, type Manifest } from './validate.js';
 
 export interface ManifestOptions {
   /** Absolute paths left out, with everything below them (the daemon's spool). */
@@ -14,6 +14,11 @@ export interface ManifestOptions {
   limits?: Partial<Limits>;
   /** Told how long listing and stat'ing the tree took, hashing left out: what a walk costs once the hashes are cached. */
   walked?: (ms: number) => void;
+  /**
+   * The tree was built here from verified blobs of this manifest, each sealed with `mtime`: a
+   * file found as it was sealed (that mtime, the manifest's size) has the manifest's hash.
+   */
+  built?: { manifest: Manifest; mtime: number };
 }
 
 /** Hashing work done by this process, so that callers and tests can see the cache at work. */
@@ -90,8 +95,9 @@ export async function buildManifest(root: string, options: ManifestOptions): Pro
   await walkDir(walk, realRoot, '', []);
   options.walked?.(performance.now() - began);
   const files: Entry[] = [];
+  const sealed = options.built && sealedHashes(options.built.manifest, options.built.mtime);
   const toHash = walk.files.filter((found) => {
-    const hash = cachedHash(found.abs, found.st);
+    const hash = cachedHash(found.abs, found.st) ?? sealed?.(found);
     if (hash !== undefined) files.push({ path: found.path, size: found.st.size, mode: modeOf(found.st), hash });
     return hash === undefined;
   });
@@ -189,6 +195,17 @@ async function walkLink(walk: Walk, abs: string, path: string, followed: readonl
     throw refuse(path, `symlink to ${real} contains the package root or loops: exclude it or replace it with a copy`);
   }
   return walkNode(walk, real, path, st, [...followed, real]);
+}
+
+/** The hash of a file found as it was sealed in a tree built from `manifest`, taken into the cache. */
+function sealedHashes(manifest: Manifest, mtime: number): (found: Found) => string | undefined {
+  const entries = new Map(manifest.entries.filter(isFileEntry).map((entry) => [entry.path, entry]));
+  return ({ path, abs, st }) => {
+    const entry = entries.get(path);
+    if (entry === undefined || st.mtimeMs !== mtime || st.size !== entry.size) return undefined;
+    hashCache.set(abs, { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, hash: entry.hash });
+    return entry.hash;
+  };
 }
 
 function cachedHash(abs: string, st: Stats): string | undefined {

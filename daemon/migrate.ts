@@ -107,10 +107,20 @@ export class Coordinator {
     await rm(move.dir, { recursive: true, force: true });
   }
 
+  /** Moves under way from here. */
+  get underway(): number {
+    return this.moves.size;
+  }
+
   /** How the move `id` stands here: under way, or committed by this daemon process. */
   outcome(id: string): 'pending' | 'committed' | undefined {
     if (this.committed.has(id)) return 'committed';
     return [...this.moves.values()].some((move) => move.id === id) ? 'pending' : undefined;
+  }
+
+  /** A program arrived here, built at `root` from the verified blobs of `manifest` (see Programs.arrived). */
+  arrived(root: string, manifest: Manifest, id: string): void {
+    this.programs.arrived(root, manifest, id);
   }
 
   /** Ends the thread that walks program trees. */

@@ -1,5 +1,6 @@
 // What a source daemon knows of the programs it ships: the id each program root had at its
 // last move, how long listing its tree took, and the thread that walks the trees (walker.ts).
+import { realpathSync } from 'node:fs';
 import { realpath } from 'node:fs/promises';
 import { relative } from 'node:path';
 import { failpoint } from '../runtime/failpoints.js';
@@ -14,6 +15,8 @@ import { Walker } from './walker.js';
  * server paused. A longer one is waited for before the server is signalled.
  */
 const OVERLAPPED_WALK_MS = 250;
+// How long after its arrival a program's tree is walked: past the move that brought it.
+const SEED_DELAY_MS = 1000;
 
 /** One walk of a program's tree, and what it is compared with. */
 export interface Walk {
@@ -30,15 +33,19 @@ export interface Walk {
 export class Programs {
   private readonly ids = new Map<string, string>();
   private readonly walkMs = new Map<string, number>();
+  /** Trees built here from verified blobs that no walk has seen yet: their manifests and ids. */
+  private readonly built = new Map<string, { manifest: Manifest; id: string }>();
   private readonly walker = new Walker();
 
   constructor(private readonly exclude: string[], private readonly log: (line: string) => void) {}
 
   /** Walks the tree at `root` (a real path) again. */
   walk(root: string): Walk {
-    const guess = this.ids.get(root);
+    const seed = this.built.get(root);
+    this.built.delete(root);
+    const guess = this.ids.get(root) ?? seed?.id;
     const mayOverlap = (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS;
-    const walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms)).then(async ({ manifest, id }) => {
+    const walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms), seed?.manifest).then(async ({ manifest, id }) => {
       if (guess !== undefined) await failpoint('rewalk.after', this.log);
       this.ids.set(root, id);
       walk.id = id;
@@ -48,6 +55,24 @@ export class Programs {
     walked.catch(() => undefined);
     const walk: Walk = { guess, walked, mayOverlap };
     return walk;
+  }
+
+  /**
+   * A program arrived here and was built at `root` from verified blobs. Its first walk takes
+   * their hashes as known and stats its files instead of reading them, and a move of it starts
+   * from its id; that walk comes once the move that brought it is over, or with the next move.
+   */
+  arrived(root: string, manifest: Manifest, id: string): void {
+    const real = realpathSync(root);
+    this.built.set(real, { manifest, id });
+    setTimeout(() => {
+      if (this.built.get(real)?.manifest !== manifest) return;
+      this.built.delete(real);
+      this.walker.walk(real, this.exclude, (ms) => this.walkMs.set(real, ms), manifest).then(
+        (walked) => this.ids.set(real, walked.id),
+        (error: Error) => this.log(`the walk of ${real}, which arrived here, failed: ${error.message}`),
+      );
+    }, SEED_DELAY_MS).unref();
   }
 
   /** Ends the thread that walks program trees. */

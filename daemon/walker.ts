@@ -8,6 +8,7 @@ import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import { RpcmigError } from '../runtime/errors.js';
+import { SEALED_MTIME } from './blobs.js';
 import { buildManifest, manifestId } from './manifest.js';
 import type { Manifest } from './validate.js';
 
@@ -18,6 +19,8 @@ interface Request {
   id: number;
   root: string;
   exclude: string[];
+  /** The tree was built here from verified blobs of this manifest (see ManifestOptions.built). */
+  seed?: Manifest;
 }
 
 /** `manifest` is left out when it is the one last sent for that root. */
@@ -36,12 +39,15 @@ export class Walker {
   /** The manifest last received per root, from the thread now running. */
   private readonly last = new Map<string, Walked>();
 
-  /** The manifest of the tree at `root` and its id; `walked` is told how long listing and stat'ing it took. */
-  async walk(root: string, exclude: string[], walked?: (ms: number) => void): Promise<Walked> {
+  /**
+   * The manifest of the tree at `root` and its id; `walked` is told how long listing and
+   * stat'ing it took. `seed`: the manifest the tree was built from here (see ManifestOptions.built).
+   */
+  async walk(root: string, exclude: string[], walked?: (ms: number) => void, seed?: Manifest): Promise<Walked> {
     const id = this.next++;
     const reply = await new Promise<Reply>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.thread().postMessage({ id, root, exclude } satisfies Request);
+      this.thread().postMessage({ id, root, exclude, seed } satisfies Request);
     });
     if ('error' in reply) {
       const { message, code, details } = reply.error;
@@ -92,9 +98,10 @@ if (!isMainThread && parentPort) {
   } catch {
     // Not Linux, or not allowed: the walk runs at the daemon's priority.
   }
-  port.on('message', ({ id, root, exclude }: Request) => {
+  port.on('message', ({ id, root, exclude, seed }: Request) => {
     let walkMs = 0;
-    buildManifest(root, { exclude, walked: (ms) => (walkMs = ms) }).then(
+    const walked = (ms: number) => (walkMs = ms);
+    buildManifest(root, { exclude, walked, ...(seed ? { built: { manifest: seed, mtime: SEALED_MTIME } } : {}) }).then(
       (manifest) => {
         const program = manifestId(manifest);
         const changed = sent.get(root) !== program;

@@ -4,7 +4,7 @@
 // serving with its state and the destination clean.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { connect, type Client, type RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
@@ -265,6 +265,46 @@ test('a program changed while it moves: the walk beside the move finds it before
   assert.ok(await waitFor(() => !isAlive(standbys[0])), 'what the rolled-back attempt started was ended');
   assert.is((await client.where()).pid, standbys[1]);
   await cluster.end([src]);
+});
+
+/** The tree of the program that the daemon's last arrival of `name` brought (its log names the program's id). */
+function treeOf(daemon: DaemonProcess, name: string): string {
+  const ids = [...daemon.stderr().matchAll(new RegExp(`receiving ${name} \\(program (\\w+)`, 'g'))].map((match) => match[1]);
+  assert.ok(ids.length > 0, daemon.stderr());
+  const programs = join(daemon.spool, 'programs');
+  const [dir] = readdirSync(programs).filter((entry) => entry.startsWith(ids[ids.length - 1]) && !entry.includes('.'));
+  return join(programs, dir);
+}
+
+/** Rewrites a file of a program that arrived, in place (through its hard link, as root could despite mode 0444). */
+function changeInPlace(path: string, description: string): number {
+  const text = JSON.stringify({ ...JSON.parse(readFileSync(path, 'utf8')), description });
+  chmodSync(path, 0o644);
+  writeFileSync(path, text);
+  return Buffer.byteLength(text);
+}
+
+test('a program that arrived moves on as it is now: a file changed where it arrived travels, whether changed after its first walk there or before', async () => {
+  const [x, y] = [await cluster.daemon(), await cluster.daemon()];
+  const { server } = programCopy('arrived-program');
+  await cluster.server(server, x, ['--name', 'arrived']);
+  const client = await connect<Counter>('arrived', { daemon: x.address, keyFile: cluster.key.file });
+  clients.push(client);
+  await client.incr(2);
+  breakdown(await cluster.migrate('arrived', x, y, ['--grace', '0.2']));
+  // A second after its arrival the daemon has walked the tree, taking the hashes it was built from.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  changeInPlace(join(treeOf(y, 'arrived'), 'package.json'), 'changed after its first walk');
+  breakdown(await cluster.migrate('arrived', y, x, ['--grace', '0.2']));
+  assert.is(JSON.parse(readFileSync(join(treeOf(x, 'arrived'), 'package.json'), 'utf8')).description, 'changed after its first walk');
+  assert.is(await client.incr(1), 3);
+  // At once, before any walk of the tree that just arrived at x.
+  const size = changeInPlace(join(treeOf(x, 'arrived'), 'package.json'), 'changed before its first walk');
+  const moved = breakdown(await cluster.migrate('arrived', x, y, ['--grace', '0.2']));
+  assert.is(moved.program_bytes_sent, size, 'the changed file, and only it, travelled');
+  assert.is(JSON.parse(readFileSync(join(treeOf(y, 'arrived'), 'package.json'), 'utf8')).description, 'changed before its first walk');
+  assert.is(await client.incr(1), 4);
+  await cluster.end([x, y]);
 });
 
 test('the commit waits for the walk beside the move: one that never ends rolls the move back, and the source serves on', async () => {
