@@ -13,6 +13,7 @@ import { decodeState, encodeState } from '../runtime/state.js';
 import type { DaemonProcess } from '../test/helpers/daemon.js';
 import { breakdown, Cluster, FIXTURES, RDICT } from '../test/helpers/cluster.js';
 import { ROOT } from '../test/helpers/process.js';
+import { benchDaemons } from './hosts.js';
 import { machine, median, writeSection } from './results.js';
 import { drawChart } from './svg.js';
 
@@ -219,7 +220,7 @@ async function main(): Promise<void> {
   const cluster = new Cluster();
   const parts: string[] = [];
   try {
-    const hosts = [await cluster.daemon(), await cluster.daemon()];
+    const hosts = await benchDaemons(cluster, 2);
     if (!only || only === 'rdict') parts.push(...(await rdict(cluster, hosts)), '');
     if (!only || only === 'big') parts.push(...(await big(cluster, hosts)), '');
     if (!only || only === 'sweep') parts.push(...(await sweep(cluster, hosts)), '');

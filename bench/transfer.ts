@@ -11,8 +11,8 @@ import { performance } from 'node:perf_hooks';
 import { BlobReceiver, BlobStore, buildManifest, manifestId, materialize, sendBlobs } from '../daemon/transfer.js';
 import { DEFAULT_BLANKS } from '../daemon/blanks.js';
 import { breakdown, Cluster } from '../test/helpers/cluster.js';
-import { blanksOf } from '../test/helpers/daemon.js';
-import { ROOT, waitFor } from '../test/helpers/process.js';
+import { ROOT } from '../test/helpers/process.js';
+import { benchDaemons, blanksMade } from './hosts.js';
 import { machine, median, writeSection } from './results.js';
 
 const FILE_BYTES = 10_000;
@@ -52,13 +52,6 @@ const WHERE = 'Where the first move\'s copy time goes (perf, `strace -c -f` of t
 
 const BEFORE = 'Before batched calls and deferred fsyncs (one call and one fsync per blob), same machine, interleaved runs: (a) first move manifest 108–118 ms, copy 471–490 ms (19–20 MB/s); (b) big program first move copy 587–633 ms (19–21 MB/s), repeated-move ratio 1.34–1.42.';
 
-// The daemon's default: every file of the big program arrives into a blank.
-const BLANKS = ['--blanks', String(DEFAULT_BLANKS)];
-
-async function blanksReady(count: () => number): Promise<void> {
-  if (!(await waitFor(() => count() >= DEFAULT_BLANKS, 120_000, 100))) throw new Error(`only ${count()} of ${DEFAULT_BLANKS} blanks made in 120 s`);
-}
-
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   const start = performance.now();
   const result = await fn();
@@ -86,7 +79,7 @@ async function partA(base: string): Promise<string> {
   addFiles(join(root, 'node_modules'), 1000, FILE_BYTES, 'pkg');
   const creating = await BlobStore.open(join(base, 'spool0'));
   const blanks = await BlobStore.open(join(base, 'spool1'), { blanks: DEFAULT_BLANKS });
-  await blanksReady(() => blanks.blanks.count);
+  await blanksMade(() => blanks.blanks.count);
   for (const n of [0, 1]) mkdirSync(join(base, `spool${n}`, 'programs'));
   const rows = [
     await inProcess(root, creating, join(base, 'spool0', 'programs'), 'first, creating files'),
@@ -137,9 +130,7 @@ async function twoDaemons(dir: string, big: boolean): Promise<Moves> {
   makeProgram(dir, big);
   const cluster = new Cluster();
   try {
-    const [a, b] = [await cluster.daemon({}, BLANKS), await cluster.daemon({}, BLANKS)];
-    // A daemon makes its blanks when it starts; the first move here comes once they are made.
-    await blanksReady(() => Math.min(blanksOf(a), blanksOf(b)));
+    const [a, b] = await benchDaemons(cluster, 2);
     const name = big ? 'big' : 'small';
     await cluster.server(join(dir, 'dist', 'counter', 'server.js'), a, ['--name', name]);
     const first = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
@@ -154,7 +145,7 @@ async function twoDaemons(dir: string, big: boolean): Promise<Moves> {
   }
 }
 
-async function partB(base: string): Promise<{ markdown: string; ratio: number; throughput: number }> {
+async function partB(base: string): Promise<{ markdown: string; moves: string; ratio: number; throughput: number }> {
   const runs = { small: [] as Moves[], big: [] as Moves[] };
   for (let trial = 0; trial < TRIALS; trial++) {
     runs.small.push(await twoDaemons(join(base, `small${trial}`), false));
@@ -172,7 +163,9 @@ async function partB(base: string): Promise<{ markdown: string; ratio: number; t
     ['program', 'files', 'MiB', 'first: bytes sent', 'first: copy ms', 'first: copy MB/s', 'first: total ms', 'again: bytes sent (max)', 'again: copy ms', 'again: total ms'],
     [row('small', runs.small), row('big', runs.big)],
   );
-  return { markdown, ratio: again(runs.big, 'total_ms') / again(runs.small, 'total_ms'), throughput: throughput(runs.big) };
+  const each = (ms: Moves[]) => ms.map((m) => m.again.map((f) => (f.total_ms as number).toFixed(0)).join(' ')).join(' / ');
+  const moves = `- again, total_ms of each move to B, per pair of daemons in order: small ${each(runs.small)}; big ${each(runs.big)}`;
+  return { markdown, moves, ratio: again(runs.big, 'total_ms') / again(runs.small, 'total_ms'), throughput: throughput(runs.big) };
 }
 
 function table(header: string[], rows: string[][]): string {
@@ -189,6 +182,7 @@ async function main(): Promise<void> {
     const verdict = [
       `- first move of the big program: copy ${b.throughput.toFixed(0)} MB/s (goal ≥ 200; copy_ms is the prepare round trips, which carry the program's id and the manifest, and the blobs; the source's walk of its tree runs before them, beside the handshake)`,
       `- repeated move, big / small total_ms: ${b.ratio.toFixed(2)} (goal ≤ 1.10)`,
+      b.moves,
     ].join('\n');
     console.log(verdict);
     writeSection('transfer', [
@@ -196,11 +190,11 @@ async function main(): Promise<void> {
       '',
       `Machine: ${machine()}. Command: \`npm run build && node dist/bench/transfer.js\`.`,
       '',
-      '(a) In one process (no network), 1,000 files of 10 KB: first move (cold hash cache, empty store), then second move.',
+      `(a) In one process (no network), 1,000 files of 10 KB: a first move into an empty store that creates its files (cold hash cache), a first move into an empty store with ${DEFAULT_BLANKS} blank files made beforehand, then a second move into that store.`,
       '',
       a,
       '',
-      `(b) Two daemons on loopback, the counter server in a copy of fixtures/: "big" adds 800 files of 10 KB and 2 of 1 MiB under node_modules, "small" keeps rpcmig's runtime and what \`require('msgpackr')\` loads. First move A→B with empty stores and cold hash caches, then ${ROUND_TRIPS} round trips B→A, A→B; "again" is the moves to B. Medians over ${TRIALS} fresh pairs of daemons per program (first move) and all their moves to B (again).`,
+      `(b) Two daemons on loopback, the counter server in a copy of fixtures/: "big" adds 800 files of 10 KB and 2 of 1 MiB under node_modules, "small" keeps rpcmig's runtime and what \`require('msgpackr')\` loads. Each daemon keeps the default ${DEFAULT_BLANKS} blank files and has made them before the first move. First move A→B with empty stores and cold hash caches, then ${ROUND_TRIPS} round trips B→A, A→B; "again" is the moves to B. Medians over ${TRIALS} fresh pairs of daemons per program (first move) and all their moves to B (again).`,
       '',
       b.markdown,
       '',
