@@ -59,12 +59,16 @@ interface Arrival extends Shipment {
   arrived?: Arrived;
   /** The process started ahead of the state: ready once it called `standby`, at its gate once the program waits for its state. */
   standby?: { launched: Launched; log: string; called: Deferred<void>; atGate: Deferred<void> };
+  /** Settles once the last piece of the state is handled (written, or refused). */
+  stateWritten?: Promise<void>;
   /** Until the start, drops the arrival if the source goes silent (see SILENCE_MS). */
   silence?: NodeJS.Timeout;
 }
 
 /** How long a started server has to restore and register. */
 const START_TIMEOUT_MS = Number(process.env.RPCMIG_START_TIMEOUT_MS) || 20_000;
+/** How long after its commit the spare a move took is replaced. */
+const SPARE_AFTER_COMMIT_MS = 25;
 /** How long the prestart waits for a ready standby to load the program up to its first read of the state. */
 const GATE_WAIT_MS = 1000;
 /** A started server whose commit has not come after this long: the source is asked. */
@@ -143,8 +147,14 @@ export class Arrivals {
     if (!Number.isSafeInteger(offset) || !(bytes instanceof Uint8Array) || typeof final !== 'boolean') {
       throw new RpcmigError('BAD_REQUEST', 'state takes [id, offset, bytes, final]');
     }
-    await this.receiving(id).state.write(offset as number, bytes, final);
-    if (final) await failpoint('arrive.copy.after', this.ctx.log);
+    const arrival = this.receiving(id);
+    const written = (async () => {
+      await arrival.state.write(offset as number, bytes, final);
+      if (final) await failpoint('arrive.copy.after', this.ctx.log);
+    })();
+    // The source sends the start right behind the last piece: the start waits for it here.
+    if (final) arrival.stateWritten = written.catch(() => undefined);
+    await written;
   }
 
   /**
@@ -202,6 +212,9 @@ export class Arrivals {
   /** Starts the restored server (hands the state to the standby, or starts cold); waits until it registered. */
   async start(id: unknown): Promise<Arrived & { pid: number }> {
     const arrival = this.receiving(id);
+    await arrival.stateWritten;
+    // The state's answer leaves before anything the start does: what fails from here is the start.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     if (!arrival.state.complete) throw refuseMigration('the state file has not arrived whole');
     await failpoint('arrive.start.before', this.ctx.log);
     if (this.arrivals.get(arrival.id) !== arrival) throw refuseMigration(`migration ${arrival.id} was aborted before its start`);
@@ -235,8 +248,8 @@ export class Arrivals {
       throw error;
     } finally {
       this.awaited.delete(arrival.name);
-      // The clients' pause is over: the next spare may start, after the answer has gone.
-      if (arrival.spare !== undefined) setImmediate(() => this.ctx.spares.fill());
+      // Failed, the move is over: the next spare may start. Started, it waits for the commit.
+      if (arrival.spare !== undefined && arrival.phase !== 'started') setImmediate(() => this.ctx.spares.fill());
     }
   }
 
@@ -276,6 +289,9 @@ export class Arrivals {
     if (arrival?.phase !== 'started') throw refuseMigration(`no started migration ${JSON.stringify(id)} here`);
     await failpoint('arrive.commit.before', this.ctx.log);
     this.arrivals.delete(arrival.id);
+    // The clients the commit released are reaching the new server now: a Node process starting
+    // meanwhile would take a core from them.
+    if (arrival.spare !== undefined) setTimeout(() => this.ctx.spares.fill(), SPARE_AFTER_COMMIT_MS).unref();
     await failpoint('arrive.cleanup.before', this.ctx.log);
     await rm(arrival.dir, { recursive: true, force: true });
     this.ctx.log(`migration ${arrival.id}: ${arrival.name} committed`);

@@ -62,7 +62,7 @@ export const SPARE_ENV = 'RPCMIG_SPARE';
 /** A spare that ends within this long of its start failed to start: the next waits a while. */
 const SPARE_FAILED_MS = 2000;
 const SPARE_RETRY_MS = 5000;
-/** After a spare was taken, the next starts once the move that took it has started or ended (`fill`), or this much later. */
+/** After a spare was taken, the next starts once the move that took it is committed or over (`fill`), or this much later. */
 const SPARE_REFILL_MS = 2000;
 /** A spare that ended before it was taken is replaced this much later. */
 const SPARE_REPLACE_MS = 300;

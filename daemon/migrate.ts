@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { openDaemon, within } from '../runtime/daemonlink.js';
 import { RpcmigError } from '../runtime/errors.js';
 import type { Order, SnapshotReport } from '../runtime/migrating.js';
-import { deferred } from './deferred.js';
+import { deferred, type Deferred } from './deferred.js';
 import { failpoint, type Failpoint } from '../runtime/failpoints.js';
 import { writeOrder } from './recover.js';
 import type { Server } from './names.js';
@@ -72,9 +72,20 @@ export class Coordinator {
     await this.at(move, 'prepare.after');
     await this.signal(move);
     await this.at(move, 'signal.after');
-    await this.copy(move);
+    // The start goes right behind the state, without waiting for the state's answer: the
+    // destination takes them in order. A failed copy is reported as the copy's failure.
+    const sent = deferred<void>();
+    const copied = this.copy(move, sent);
+    copied.catch(() => undefined);
+    await Promise.race([sent.promise, copied]);
     await this.at(move, 'copy.after');
-    const arrived = await this.start(move);
+    const starting = this.start(move);
+    starting.catch(() => undefined);
+    await copied.catch((error: unknown) => {
+      move.step = 'copy';
+      throw error;
+    });
+    const arrived = await starting;
     await this.at(move, 'start.after');
     await this.commit(move, arrived);
     return this.finish(move);
@@ -280,8 +291,8 @@ export class Coordinator {
     return { id: move.id, bytes };
   }
 
-  /** Step 5a: the state file to the destination. */
-  private async copy(move: Move): Promise<void> {
+  /** Step 5a: the state file to the destination; `sent` resolves once its last piece is on the link. */
+  private async copy(move: Move, sent: Deferred<void>): Promise<void> {
     this.enter(move, 'copy');
     const started = performance.now();
     move.progress.begin('copy', move.figures.state_bytes);
@@ -290,7 +301,9 @@ export class Coordinator {
       const fault = await failpoint('copy.send', this.ctx.log);
       if (fault === 'drop') move.link!.close();
       if (fault === 'corrupt') bytes[bytes.length >> 1] ^= 0xff;
-      await state([move.id, offset, bytes, final]);
+      const answered = state([move.id, offset, bytes, final]);
+      if (final) sent.resolve();
+      await answered;
       move.progress.add(bytes.length);
     };
     if (move.state) await piece(0, move.state, true);
