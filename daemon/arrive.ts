@@ -2,8 +2,7 @@
 // the blobs its cache lacks and the state file, materialises the program, starts it with
 // RPCMIG_RESTORE and answers once the restored server has registered here. A move it did not
 // hear the end of is settled by asking its source (settle.ts).
-import { randomBytes } from 'node:crypto';
-import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { dirname, join, relative } from 'node:path';
 import { within } from '../runtime/daemonlink.js';
@@ -17,7 +16,8 @@ import { kill, launch, tail, type Launch, type Launched, type Spares } from './l
 import type { Server } from './names.js';
 import { ARRIVAL_RECORD_FILE, checkShipment, marksOf, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
 import { Settlement } from './settle.js';
-import { BlobReceiver, BlobStore, materialize, type Manifest } from './transfer.js';
+import { exists, placeProgram, programDir } from './materialize.js';
+import { BlobReceiver, BlobStore, type Manifest } from './transfer.js';
 
 export interface ArrivalContext {
   spool: string;
@@ -103,7 +103,7 @@ export class Arrivals {
    */
   async prepare(peer: object, value: unknown): Promise<{ known: boolean; lacking: string[] }> {
     const shipment = checkShipment(value);
-    const tree = this.programDir(shipment.program);
+    const tree = programDir(this.ctx.spool, shipment.program);
     const have = await exists(tree);
     if (shipment.byId) {
       if (!have) return { known: false, lacking: [] };
@@ -377,22 +377,9 @@ export class Arrivals {
     }, SILENCE_MS).unref();
   }
 
-  private programDir(program: string): string {
-    return join(this.ctx.spool, 'programs', program);
-  }
-
-  /** The program's tree, shared by every migration of the same manifest (hard links into the blob store). */
+  /** The program's tree (see placeProgram); one this call built is walked by the source side later. */
   private async program({ manifest, program, id }: Arrival): Promise<string> {
-    const dir = this.programDir(program);
-    if (await exists(dir)) return dir;
-    await mkdir(join(this.ctx.spool, 'programs'), { recursive: true, mode: 0o700 });
-    const staging = `${dir}.${id}.${randomBytes(4).toString('hex')}`;
-    await materialize(manifest, this.ctx.store, staging);
-    // A move of the same program that arrived meanwhile built it first: that tree stays.
-    const built = await rename(staging, dir).then(() => true, async () => {
-      await rm(staging, { recursive: true, force: true });
-      return false;
-    });
+    const { dir, built } = await placeProgram(this.ctx.spool, this.ctx.store, manifest, program, id);
     if (built) this.ctx.built(dir, manifest, program);
     return dir;
   }
@@ -412,6 +399,3 @@ function standbyScript(entry: string): string | undefined {
   }
 }
 
-function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
-}

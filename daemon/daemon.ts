@@ -18,7 +18,7 @@ import { Forwards } from './forwards.js';
 import { Coordinator } from './migrate.js';
 import { checkMigrate, type SourceContext } from './move.js';
 import { Recovery } from './recover.js';
-import { checkName, checkRegistration, isMoveId, Names, type Listing, type Registration, type Server } from './names.js';
+import { checkName, checkRegistration, isAlive, isMoveId, Names, type Listing, type Registration, type Server } from './names.js';
 import { BlobStore } from './transfer.js';
 import { DEFAULT_BLANKS } from './blanks.js';
 
@@ -87,15 +87,6 @@ export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024;
 
 /** How many daemons a lookup may follow forwarding entries through. */
 const MAX_HOPS = 8;
-
-function isAlive(server: Server): boolean {
-  try {
-    process.kill(server.pid, 0);
-    return true;
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 const WILDCARDS = new Set(['0.0.0.0', '::', '']);
 
@@ -296,7 +287,7 @@ class NameDaemon implements Daemon {
     if (registration.moved !== undefined) {
       // In its grace period after a move this daemon committed before it stopped.
       server.state = 'moved';
-      this.recovery.settleMoved(server, registration.moved);
+      this.recovery.settleMoved(server, registration.moved).catch((error: Error) => this.options.log(`${server.name}: its forwarding entry was not saved: ${error.message}`));
       return { name: server.name, address };
     }
     if (registration.migration !== undefined) {

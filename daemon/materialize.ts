@@ -1,7 +1,8 @@
 // The destination builds the shipped program's tree (DESIGN §3 step 5) from its blob store:
 // hard links where it can, so that a cached program costs no copy, all of it inside `dest`.
 import { constants } from 'node:fs';
-import { chmod, copyFile, link, mkdir, realpath, rm, symlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { chmod, copyFile, link, mkdir, realpath, rename, rm, stat, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BlobStore } from './blobs.js';
 import { forEachLimit } from './manifest.js';
@@ -63,4 +64,31 @@ async function placeFile(store: BlobStore, entry: FileEntry, target: string): Pr
   // COPYFILE_EXCL opens with O_CREAT|O_EXCL, which refuses an existing name, even a symlink.
   await copyFile(blob, target, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
   await chmod(target, entry.mode);
+}
+
+/** Where the tree of a program (its manifest's id) lives in the spool. */
+export function programDir(spool: string, program: string): string {
+  return join(spool, 'programs', program);
+}
+
+/**
+ * The program's tree, shared by every move of the same manifest (hard links into the blob
+ * store): built under a temporary name and renamed whole if absent. `built`: this call built it.
+ */
+export async function placeProgram(spool: string, store: BlobStore, manifest: Manifest, program: string, id: string): Promise<{ dir: string; built: boolean }> {
+  const dir = programDir(spool, program);
+  if (await exists(dir)) return { dir, built: false };
+  await mkdir(join(spool, 'programs'), { recursive: true, mode: 0o700 });
+  const staging = `${dir}.${id}.${randomBytes(4).toString('hex')}`;
+  await materialize(manifest, store, staging);
+  // A move of the same program that arrived meanwhile built it first: that tree stays.
+  const built = await rename(staging, dir).then(() => true, async () => {
+    await rm(staging, { recursive: true, force: true });
+    return false;
+  });
+  return { dir, built };
+}
+
+export function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
 }

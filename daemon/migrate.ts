@@ -18,7 +18,7 @@ import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
 import {
-  COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, STALL_MS, START_TIMEOUT_MS, STEP_TIMEOUT_MS, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step,
+  callPeer, COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, pacedCalls, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, START_TIMEOUT_MS, STEP_TIMEOUT_MS, touch, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step,
 } from './move.js';
 
 export class Coordinator {
@@ -101,15 +101,7 @@ export class Coordinator {
   private enter(move: Move, step: Step): void {
     if (move.over) throw new Error(`the move ended before ${step}`);
     move.step = step;
-    this.touch(move);
-  }
-
-  /** The move made progress: the watchdog starts again. */
-  private touch(move: Move): void {
-    clearTimeout(move.watchdog);
-    if (move.over) return;
-    const stuck = () => new Error(`the move made no progress for ${STALL_MS} ms`);
-    move.watchdog = setTimeout(() => move.stalled.reject(stuck()), STALL_MS);
+    touch(move);
   }
 
   /** Step 7 at the source: the move's order and state file go. */
@@ -186,7 +178,7 @@ export class Coordinator {
     };
     // Nobody may be waiting on it when the move is over: its rejection is handled here.
     move.stalled.promise.catch(() => undefined);
-    this.touch(move);
+    touch(move);
     this.moves.set(server, move);
     server.state = 'migrating';
     this.ctx.log(`migration ${id}: ${server.name} to ${request.to}: order`);
@@ -210,7 +202,7 @@ export class Coordinator {
     await this.greet(move);
     const shipment = await shipmentOf(move.id, move.server, root, this.ctx.advertised);
     if (guess !== undefined && (await this.offer(move, { ...shipment, program: guess }))) {
-      await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);
+      await callPeer(move, 'prestart', [move.id], START_TIMEOUT_MS);
       if (walk.id === undefined && walk.mayOverlap) {
         move.confirmed = walked.then(({ id }) => id === guess);
         move.confirmed.catch(() => undefined);
@@ -219,24 +211,24 @@ export class Coordinator {
       const { id } = await walked;
       if (id === guess) return;
       // The tree changed since its last move: what the destination prepared is of the old program.
-      await this.call(move, 'abort', [move.id, 'the program changed since its last move']);
+      await callPeer(move, 'abort', [move.id, 'the program changed since its last move']);
       this.ctx.log(`migration ${move.id}: ${move.server.name}'s program changed since its last move; shipping it again`);
     }
     const { manifest, id } = await walked;
     // A right guess that the destination did not know needs no second asking.
     if (id === guess || !(await this.offer(move, { ...shipment, program: id }))) {
       const started = performance.now();
-      const { lacking } = (await this.call(move, 'prepare', [{ ...shipment, program: id, manifest }])) as { lacking: string[] };
+      const { lacking } = (await callPeer(move, 'prepare', [{ ...shipment, program: id, manifest }])) as { lacking: string[] };
       move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking);
       move.figures.copy_ms += performance.now() - started;
     }
-    await this.call(move, 'prestart', [move.id], START_TIMEOUT_MS);
+    await callPeer(move, 'prestart', [move.id], START_TIMEOUT_MS);
   }
 
   /** Connects to the destination, which must be another daemon than this one. */
   private async greet(move: Move): Promise<void> {
     move.link = await openDaemon(move.to, this.ctx.key, { timeout: STEP_TIMEOUT_MS });
-    const hello = (await this.call(move, 'hello', [])) as { id?: unknown };
+    const hello = (await callPeer(move, 'hello', [])) as { id?: unknown };
     if (hello?.id === this.ctx.daemonId) {
       move.step = 'order';
       throw new Error(`${move.server.name} already lives on the daemon at ${move.to}`);
@@ -246,7 +238,7 @@ export class Coordinator {
   /** The program's id alone: true when the destination has its tree, and the manifest need not travel. */
   private async offer(move: Move, shipment: ShipmentHead & { program: string }): Promise<boolean> {
     const started = performance.now();
-    const { known } = (await this.call(move, 'prepare', [shipment])) as { known?: boolean };
+    const { known } = (await callPeer(move, 'prepare', [shipment])) as { known?: boolean };
     move.figures.copy_ms += performance.now() - started;
     return known === true;
   }
@@ -255,7 +247,7 @@ export class Coordinator {
     const wanted = new Set(lacking);
     const total = manifest.entries.reduce((sum, e) => sum + (isFileEntry(e) && wanted.delete(e.hash) ? e.size : 0), 0);
     move.progress.begin('prepare', total);
-    const blob = this.paced(move, 'blob');
+    const blob = pacedCalls(move, 'blob');
     return sendBlobs(root, manifest, lacking, async (pieces) => {
       await blob([move.id, pieces]);
       move.progress.add(pieces.reduce((sum, [, , bytes]) => sum + bytes.length, 0));
@@ -296,7 +288,7 @@ export class Coordinator {
     this.enter(move, 'copy');
     const started = performance.now();
     move.progress.begin('copy', move.figures.state_bytes);
-    const state = this.paced(move, 'state');
+    const state = pacedCalls(move, 'state');
     const piece = async (offset: number, bytes: Uint8Array, final: boolean) => {
       const fault = await failpoint('copy.send', this.ctx.log);
       if (fault === 'drop') move.link!.close();
@@ -315,7 +307,7 @@ export class Coordinator {
   private async start(move: Move): Promise<{ address: string; epoch: number }> {
     this.enter(move, 'start');
     const started = performance.now();
-    const arrived = (await this.call(move, 'start', [move.id], START_TIMEOUT_MS)) as { address: string; epoch?: number };
+    const arrived = (await callPeer(move, 'start', [move.id], START_TIMEOUT_MS)) as { address: string; epoch?: number };
     move.figures.start_ms = performance.now() - started;
     return { address: arrived.address, epoch: arrived.epoch ?? 0 };
   }
@@ -337,38 +329,48 @@ export class Coordinator {
     this.committed.add(move.id);
     if (this.committed.size > COMMITTED_KEPT) this.committed.delete(this.committed.values().next().value!);
     retireLater(move, this.ctx);
+    // The clock stops at the new host's first reply: asked now, it is not held up by the save below.
+    this.probe(move);
     await failpoint('commit.after', this.ctx.log);
-    this.forward(move);
+    await this.forward(move);
     await failpoint('forward.after', this.ctx.log);
     this.tellDestination(move);
   }
 
-  /** The forwarding entry (once: by the steps, or by `finish` if they got stuck). */
-  private forward(move: Move): void {
+  /** The forwarding entry (once: by the steps, or by `finish` if they got stuck), on disk when it resolves. */
+  private async forward(move: Move): Promise<void> {
     if (move.forwarded) return;
     move.forwarded = true;
     const { server, committed } = move;
-    try {
-      this.ctx.forwards.set({ name: server.name, to: committed!.address, daemon: move.to, epoch: committed!.epoch, id: move.id });
-    } catch (error) {
-      this.ctx.log(`migration ${move.id}: ${server.name} moved, but its forwarding entry was not saved: ${(error as Error).message}`);
-    }
+    await this.ctx.forwards.set({ name: server.name, to: committed!.address, daemon: move.to, epoch: committed!.epoch, id: move.id }).catch((error: Error) => {
+      this.ctx.log(`migration ${move.id}: ${server.name} moved, but its forwarding entry was not saved: ${error.message}`);
+    });
+  }
+
+  /** The first call to the new address (once), which ends the move's clock. */
+  private probe(move: Move): Promise<void> {
+    const { address } = move.committed!;
+    move.probed ??= firstReply(address).then(
+      () => void (move.answered = performance.now()),
+      (error: Error) => this.ctx.log(`migration ${move.id}: no first reply from ${address}: ${error.message}`),
+    );
+    return move.probed;
   }
 
   /** The destination hears of the commit (once); a destination that does not asks later (`outcome`). */
   private tellDestination(move: Move): void {
     if (move.told) return;
     move.told = true;
-    this.call(move, 'commit', [move.id]).catch((error: Error) => this.ctx.log(`migration ${move.id}: the destination did not take the commit: ${error.message}`));
+    callPeer(move, 'commit', [move.id]).catch((error: Error) => this.ctx.log(`migration ${move.id}: the destination did not take the commit: ${error.message}`));
   }
 
   /** After the commit point: what the steps left undone, then the first reply from the new address ends the clock. */
   private async finish(move: Move): Promise<Breakdown> {
     const { address } = move.committed!;
-    this.forward(move);
+    await this.forward(move);
     this.tellDestination(move);
-    await firstReply(address).catch((error: Error) => this.ctx.log(`migration ${move.id}: no first reply from ${address}: ${error.message}`));
-    const now = performance.now();
+    await this.probe(move);
+    const now = move.answered ?? performance.now();
     move.figures.total_ms = now - move.received;
     move.figures.pause_ms = now - (move.orderTaken ?? now);
     move.figures.address = address;
@@ -386,31 +388,5 @@ export class Coordinator {
     if (server.state === 'migrating') server.state = 'serving';
     if (move.link) await within(2000, move.link.call('abort', [move.id, reason])).catch(() => undefined);
     this.ctx.log(`migration ${move.id}: aborted: ${reason}`);
-  }
-
-  private call(move: Move, method: string, params: unknown[], timeout = STEP_TIMEOUT_MS): Promise<unknown> {
-    return this.answered(move, method, move.link!.call(method, params), timeout);
-  }
-
-  /** The destination's answer within `timeout`; an answer, or its absence, is progress for the watchdog. */
-  private answered(move: Move, method: string, answer: Promise<unknown>, timeout = STEP_TIMEOUT_MS): Promise<unknown> {
-    const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${timeout} ms`);
-    return within(timeout, answer, late).finally(() => this.touch(move));
-  }
-
-  /**
-   * For calls sent in a window (pieces of the program or the state): each has the step time-out
-   * from the answer to the one before it, not from its send. Queued behind the others on a slow
-   * link, a piece would otherwise time out while the destination answers every piece it gets.
-   */
-  private paced(move: Move, method: string): (params: unknown[]) => Promise<unknown> {
-    let previous: Promise<unknown> = Promise.resolve();
-    return (params) => {
-      const answer = move.link!.call(method, params);
-      answer.catch(() => undefined); // handled once its turn comes
-      const turn = previous.then(() => this.answered(move, method, answer));
-      previous = turn.catch(() => undefined);
-      return turn;
-    };
   }
 }

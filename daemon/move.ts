@@ -1,6 +1,6 @@
 // A move as the source daemon's coordinator (migrate.ts) holds it: what it is told, what it
 // reports (its breakdown, or how it failed), its steps and the time-outs that bound each of them.
-import { formatAddress, parseAddress, type Address, type DaemonLink } from '../runtime/daemonlink.js';
+import { formatAddress, parseAddress, within, type Address, type DaemonLink } from '../runtime/daemonlink.js';
 import { connect, invoke } from '../runtime/client.js';
 import { RpcmigError } from '../runtime/errors.js';
 import { WHEREIS } from '../runtime/server.js';
@@ -60,6 +60,9 @@ export interface Move {
   over: boolean;
   /** Where the moved server serves, from the commit point on: the move is final. */
   committed?: { address: string; epoch: number };
+  /** The first call to the new address after the commit, and when it was answered. */
+  probed?: Promise<void>;
+  answered?: number;
   /** After the commit point: the forwarding entry is written, the destination told. */
   forwarded?: boolean;
   told?: boolean;
@@ -173,4 +176,39 @@ export function retireLater({ id, server, graceMs }: Move, ctx: Pick<SourceConte
       // it exited meanwhile
     }
   }, graceMs + STEP_TIMEOUT_MS).unref();
+}
+
+/** The move made progress: the watchdog starts again. */
+export function touch(move: Move): void {
+  clearTimeout(move.watchdog);
+  if (move.over) return;
+  const stuck = () => new Error(`the move made no progress for ${STALL_MS} ms`);
+  move.watchdog = setTimeout(() => move.stalled.reject(stuck()), STALL_MS);
+}
+
+/** A call to the move's destination daemon, answered within `timeout`. */
+export function callPeer(move: Move, method: string, params: unknown[], timeout = STEP_TIMEOUT_MS): Promise<unknown> {
+  return answered(move, method, move.link!.call(method, params), timeout);
+}
+
+/** The destination's answer within `timeout`; an answer, or its absence, is progress for the watchdog. */
+function answered(move: Move, method: string, answer: Promise<unknown>, timeout = STEP_TIMEOUT_MS): Promise<unknown> {
+  const late = () => new Error(`the daemon at ${move.to} did not answer ${method} within ${timeout} ms`);
+  return within(timeout, answer, late).finally(() => touch(move));
+}
+
+/**
+ * For calls sent in a window (pieces of the program or the state): each has the step time-out
+ * from the answer to the one before it, not from its send. Queued behind the others on a slow
+ * link, a piece would otherwise time out while the destination answers every piece it gets.
+ */
+export function pacedCalls(move: Move, method: string): (params: unknown[]) => Promise<unknown> {
+  let previous: Promise<unknown> = Promise.resolve();
+  return (params) => {
+    const answer = move.link!.call(method, params);
+    answer.catch(() => undefined); // handled once its turn comes
+    const turn = previous.then(() => answered(move, method, answer));
+    previous = turn.catch(() => undefined);
+    return turn;
+  };
 }

@@ -71,6 +71,16 @@ export function checkName(value: unknown): string {
   return value;
 }
 
+/** Whether the server's process is alive (one of another user counts: it exists). */
+export function isAlive(server: Server): boolean {
+  try {
+    process.kill(server.pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** Validates the parameter of `register`; every field is required. */
 export function checkRegistration(value: unknown): Registration {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {

@@ -77,7 +77,7 @@ export class Recovery {
       if (status.phase === 'started' && typeof status.address === 'string') {
         server.state = 'moved';
         this.ctx.notify(server, 'commit', [{ id, to: status.address, grace_ms: order.graceMs }]);
-        this.ctx.forwards.set({ name: server.name, to: status.address, daemon: order.to, epoch: status.epoch ?? 0, id });
+        await this.ctx.forwards.set({ name: server.name, to: status.address, daemon: order.to, epoch: status.epoch ?? 0, id });
         this.ctx.log(`migration ${id}: ${server.name} serves at ${status.address}: committed after a restart`);
       } else {
         server.state = 'serving';
@@ -95,12 +95,13 @@ export class Recovery {
    * A server registered in its grace period after a move that a previous run of this daemon
    * committed but stopped before it recorded: the forwarding entry is written now.
    */
-  settleMoved(server: Server, moved: { to: string; epoch: number }): void {
+  async settleMoved(server: Server, moved: { to: string; epoch: number }): Promise<void> {
     const order = [...this.unresolved.values()].find((o) => o.name === server.name);
     if (!order) return;
-    this.ctx.forwards.set({ name: server.name, to: moved.to, daemon: order.to, epoch: moved.epoch, id: order.id });
     this.unresolved.delete(order.id);
-    rm(join(this.ctx.spool, 'leaving', order.id), { recursive: true, force: true }).catch(() => undefined);
+    // The entry is on disk before the order goes: a crash in between leaves one of them.
+    await this.ctx.forwards.set({ name: server.name, to: moved.to, daemon: order.to, epoch: moved.epoch, id: order.id });
+    await rm(join(this.ctx.spool, 'leaving', order.id), { recursive: true, force: true }).catch(() => undefined);
     this.ctx.log(`migration ${order.id}: ${server.name} had moved to ${moved.to}; its forwarding entry is written after a restart`);
     // The destination may still wait for the commit this daemon did not send before it stopped.
     void this.statusAt(order);

@@ -1,0 +1,179 @@
+// The program cache across moves (DESIGN §3 step 2): a second move of a program sends no
+// program bytes; a program changed since its last move, while it moves, or where it arrived
+// moves on as it is now; and the commit waits for the walk that confirms the program.
+import { test } from 'uvu';
+import * as assert from 'uvu/assert';
+import { chmodSync, cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { connect, type Client, type RpcmigError } from '../runtime/index.js';
+import { loadKey, openDaemon } from '../runtime/daemonlink.js';
+import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
+import type { DaemonProcess } from './helpers/daemon.js';
+import { isAlive, ROOT, waitFor } from './helpers/process.js';
+
+interface Counter {
+  incr(by?: number): number;
+  where(): { pid: number };
+}
+
+const cluster = new Cluster();
+let a: DaemonProcess;
+let b: DaemonProcess;
+const clients: Array<{ close(): Promise<void> }> = [];
+let names = 0;
+
+test.before(async () => {
+  a = await cluster.daemon();
+  b = await cluster.daemon();
+});
+test.after(async () => {
+  await Promise.all(clients.map((client) => client.close()));
+  await cluster.close();
+});
+
+async function counterOn(daemon: DaemonProcess): Promise<{ name: string; client: Client<Counter> }> {
+  const name = `cached${names++}`;
+  await cluster.server(COUNTER, daemon, ['--name', name]);
+  const client = await connect<Counter>(name, { daemon: daemon.address, keyFile: cluster.key.file });
+  clients.push(client);
+  return { name, client };
+}
+
+test('the second move of the same program to a host sends no program bytes', async () => {
+  const { name } = await counterOn(a);
+  const first = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
+  breakdown(await cluster.migrate(name, b, a, ['--grace', '0.2']));
+  const again = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
+  assert.is(again.program_bytes_sent, 0);
+  assert.match(b.stderr(), new RegExp(`receiving ${name} \\(program [0-9a-f]{12}, in place\\)`), 'the manifest did not travel either');
+  const link = await openDaemon(b.address, loadKey(cluster.key.file));
+  try {
+    const shipment = { id: '0123456789abcdef', name: 'nobody', source: a.address, entry: 'server.js', argv: [], execArgv: [], cwd: '' };
+    assert.equal(await link.call('prepare', [{ ...shipment, program: '0'.repeat(64) }]), { known: false, lacking: [] });
+    const bad = await link.call('prepare', [{ ...shipment, program: '../x' }]).catch((error: RpcmigError) => error);
+    assert.is((bad as RpcmigError).code, 'BAD_REQUEST');
+  } finally {
+    link.close();
+  }
+  assert.ok((first.program_bytes_sent as number) >= 0);
+});
+
+test('a program changed since its last move is shipped again; the standby started for the old one is ended', async () => {
+  const program = join(cluster.dir, 'changing-program');
+  cpSync(join(ROOT, 'fixtures'), program, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) });
+  const server = join(program, 'dist', 'counter', 'server.js');
+  await cluster.server(server, a, ['--name', 'unchanged']);
+  breakdown(await cluster.migrate('unchanged', a, b, ['--grace', '0.2']));
+  const pkg = join(program, 'package.json');
+  writeFileSync(pkg, JSON.stringify({ ...JSON.parse(readFileSync(pkg, 'utf8')), description: 'changed' }));
+  await cluster.server(server, a, ['--name', 'changed']);
+  const moved = breakdown(await cluster.migrate('changed', a, b, ['--grace', '0.2']));
+  assert.is(moved.program_bytes_sent, readFileSync(pkg).length, 'the changed file, and only it, travelled');
+  assert.match(b.stderr(), /aborted \(the program changed since its last move\)/);
+  const standbys = [...b.stderr().matchAll(/standby for changed pid (\d+)/g)].map((match) => Number(match[1]));
+  assert.is(standbys.length, 2, b.stderr());
+  assert.ok(await waitFor(() => !isAlive(standbys[0])), 'the standby of the old program was ended');
+  const client = await connect<Counter>('changed', { daemon: b.address, keyFile: cluster.key.file });
+  clients.push(client);
+  assert.is(await client.incr(1), 1);
+  assert.is((await client.where()).pid, standbys[1]);
+});
+
+/** A copy of fixtures/ whose files a test may change, and the counter server in it. */
+function programCopy(label: string): { server: string; pkg: string } {
+  const program = join(cluster.dir, label);
+  cpSync(join(ROOT, 'fixtures'), program, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) });
+  return { server: join(program, 'dist', 'counter', 'server.js'), pkg: join(program, 'package.json') };
+}
+
+test('a program changed while it moves: the walk beside the move finds it before the commit; rolled back, the move goes again with the change', async () => {
+  // The walk of a program shipped before takes a second longer: the move goes on beside it.
+  const src = await cluster.daemon({ RPCMIG_FAILPOINTS: 'rewalk.after=slow' });
+  const { server, pkg } = programCopy('rewalked-program');
+  await cluster.server(server, src, ['--name', 'rewalk-first']);
+  breakdown(await cluster.migrate('rewalk-first', src, b, ['--grace', '0.2']));
+  writeFileSync(pkg, JSON.stringify({ ...JSON.parse(readFileSync(pkg, 'utf8')), description: 'changed while moving' }));
+  await cluster.server(server, src, ['--name', 'rewalked']);
+  const client = await connect<Counter>('rewalked', { daemon: src.address, keyFile: cluster.key.file });
+  clients.push(client);
+  await client.incr(3);
+  const moved = breakdown(await cluster.migrate('rewalked', src, b, ['--grace', '0.2']));
+  assert.match(src.stderr(), /failpoint rewalk.after: slow/);
+  assert.match(src.stderr(), /rewalked's program changed while it moved; moving it again/);
+  assert.match(b.stderr(), /aborted \(the program changed since its last move\)/);
+  assert.is(moved.program_bytes_sent, readFileSync(pkg).length, 'the changed file, and only it, travelled');
+  assert.is(await client.incr(1), 4, 'the state moved once, the rolled-back attempt left it whole');
+  const standbys = [...b.stderr().matchAll(/standby for rewalked pid (\d+)/g)].map((match) => Number(match[1]));
+  assert.is(standbys.length, 2, b.stderr());
+  assert.ok(await waitFor(() => !isAlive(standbys[0])), 'what the rolled-back attempt started was ended');
+  assert.is((await client.where()).pid, standbys[1]);
+  await cluster.end([src]);
+});
+
+/** The tree of the program that the daemon's last arrival of `name` brought (its log names the program's id). */
+function treeOf(daemon: DaemonProcess, name: string): string {
+  const ids = [...daemon.stderr().matchAll(new RegExp(`receiving ${name} \\(program (\\w+)`, 'g'))].map((match) => match[1]);
+  assert.ok(ids.length > 0, daemon.stderr());
+  const programs = join(daemon.spool, 'programs');
+  const [dir] = readdirSync(programs).filter((entry) => entry.startsWith(ids[ids.length - 1]) && !entry.includes('.'));
+  return join(programs, dir);
+}
+
+/** Rewrites a file of a program that arrived, in place (through its hard link, as root could despite mode 0444). */
+function changeInPlace(path: string, description: string): number {
+  const text = JSON.stringify({ ...JSON.parse(readFileSync(path, 'utf8')), description });
+  chmodSync(path, 0o644);
+  writeFileSync(path, text);
+  return Buffer.byteLength(text);
+}
+
+test('a program that arrived moves on as it is now: a file changed where it arrived travels, whether changed after its first walk there or before', async () => {
+  const [x, y] = [await cluster.daemon(), await cluster.daemon()];
+  const { server } = programCopy('arrived-program');
+  await cluster.server(server, x, ['--name', 'arrived']);
+  const client = await connect<Counter>('arrived', { daemon: x.address, keyFile: cluster.key.file });
+  clients.push(client);
+  await client.incr(2);
+  breakdown(await cluster.migrate('arrived', x, y, ['--grace', '0.2']));
+  // A second after its arrival the daemon has walked the tree, taking the hashes it was built from.
+  await new Promise((resolve) => setTimeout(resolve, 1500));
+  changeInPlace(join(treeOf(y, 'arrived'), 'package.json'), 'changed after its first walk');
+  breakdown(await cluster.migrate('arrived', y, x, ['--grace', '0.2']));
+  assert.is(JSON.parse(readFileSync(join(treeOf(x, 'arrived'), 'package.json'), 'utf8')).description, 'changed after its first walk');
+  assert.is(await client.incr(1), 3);
+  // At once, before any walk of the tree that just arrived at x.
+  const size = changeInPlace(join(treeOf(x, 'arrived'), 'package.json'), 'changed before its first walk');
+  const moved = breakdown(await cluster.migrate('arrived', x, y, ['--grace', '0.2']));
+  assert.is(moved.program_bytes_sent, size, 'the changed file, and only it, travelled');
+  assert.is(JSON.parse(readFileSync(join(treeOf(y, 'arrived'), 'package.json'), 'utf8')).description, 'changed before its first walk');
+  assert.is(await client.incr(1), 4);
+  await cluster.end([x, y]);
+});
+
+test('the commit waits for the walk beside the move: one that never ends rolls the move back, and the source serves on', async () => {
+  const timeouts = { RPCMIG_STEP_TIMEOUT_MS: '2000', RPCMIG_START_TIMEOUT_MS: '3000', RPCMIG_QUIESCE_TIMEOUT_MS: '3000' };
+  const src = await cluster.daemon({ ...timeouts, RPCMIG_FAILPOINTS: 'rewalk.after=hang' });
+  const { server } = programCopy('unconfirmed-program');
+  await cluster.server(server, src, ['--name', 'confirm-first']);
+  breakdown(await cluster.migrate('confirm-first', src, b, ['--grace', '0.2']));
+  const started = await cluster.server(server, src, ['--name', 'unconfirmed']);
+  const client = await connect<Counter>('unconfirmed', { daemon: src.address, keyFile: cluster.key.file, timeout: 20_000 });
+  clients.push(client);
+  await client.incr(5);
+  const moving = cluster.migrate('unconfirmed', src, b, ['--grace', '0.2']);
+  assert.ok(await waitFor(() => started.stderr().includes('serving -> quiescing'), 10_000), 'the server was signalled while the walk hangs');
+  const held = client.incr(1);
+  const result = await moving;
+  assert.is(result.code, 9, result.stderr);
+  assert.match(result.stderr, /commit failed: the move made no progress for \d+ ms/);
+  assert.is(await held, 6, 'the call held during the move ran at the source');
+  assert.is((await client.where()).pid, started.pid, 'the source serves on');
+  const standby = Number(/standby for unconfirmed pid (\d+)/.exec(b.stderr())?.[1]);
+  assert.ok(standby > 0 && await waitFor(() => !isAlive(standby), 5000), `the destination ended what the move started (pid ${standby})`);
+  // The hang was once: the next move walks the tree to the end and commits.
+  breakdown(await cluster.migrate('unconfirmed', src, b, ['--grace', '0.2']));
+  assert.is(await client.incr(1), 7);
+  await cluster.end([src]);
+});
+
+test.run();
