@@ -15,8 +15,9 @@ import { Walker } from './walker.js';
  * server paused. A longer one is waited for before the server is signalled.
  */
 const OVERLAPPED_WALK_MS = 250;
-// How long after its arrival a program's tree is walked: past the move that brought it.
-const SEED_DELAY_MS = 1000;
+// How long after it was built a program's tree is walked: past the pause of the move that
+// brought it (the walking thread yields to it anyway), before a move of it onwards.
+const SEED_DELAY_MS = 100;
 
 /** One walk of a program's tree, and what it is compared with. */
 export interface Walk {
