@@ -1,5 +1,6 @@
 // Program shipping figures (issue 5): (a) manifest, copy and materialisation of a 10 MB tree of
-// 1,000 files in one process (first move: cold hash cache, empty store; second move); (b) a real
+// 1,000 files in one process (first moves into an empty store, creating files and into blanks;
+// a second move); (b) a real
 // move of a ~13 MB program through two daemons on loopback, first and repeated, beside the same
 // for a ~0.3 MB program. Prints tables and writes its section of bench/RESULTS.md.
 //   node dist/bench/transfer.js
@@ -44,13 +45,11 @@ function treeBytes(dir: string): { files: number; bytes: number } {
   return { files, bytes };
 }
 
-// Measured with this benchmark on the code before batching and deferred fsyncs, interleaved with
-// runs of the current code on the same machine (file creation costs vary several-fold here).
-// Where a first move's copy goes on this VM (perf, `strace -c`): creating the blob files. Its ext4
-// has no journal, so each new inode is found by skipping every inode freed in the last minutes.
-const WHERE = 'Where the first move\'s copy time goes (perf, `strace -c -f` of the destination): creating the blob files, one inode each. This ext4 has no journal, so the kernel finds a new inode by skipping every inode freed in the last minutes (`recently_deleted`, `find_get_block_common`: 40–55 % of all CPU samples of a copy when other processes delete many files; an `openat(O_CREAT)` then takes 0.6 ms on average). Reading, hashing and the wire are a few ms. The store makes no fan-out directories (a quarter fewer inodes per first move) and creates blob files from four temporary directories, so that two creations proceed at once.';
+// Measured on the code before this one, interleaved with runs of the current code on the same
+// machine (file creation costs vary several-fold here), and with a profile of one first move.
+const WHERE = 'Where the first move\'s copy time goes: the destination daemon\'s thread is busy throughout (a profile of one first move of the big program: decoding the batches\' frames about a quarter, hashing a sixth, the file calls two fifths). Creating a file was the largest part: this ext4 has no journal, so the kernel finds a new inode by skipping every inode freed in the last minutes (`recently_deleted`: an `openat(O_CREAT)` takes up to 0.6 ms on a host that deletes many files, as (a) shows); a blank turns it into an open of a file that exists. A blob that arrives in one piece is written with synchronous calls (open, write, fchmod, futimes, close, rename: ~0.1 ms for 10 KB here, against ~0.3 ms as six round trips through the thread pool). What is left is ~0.25 ms of the destination\'s thread per 10 KB file; 200 MB/s would need 0.07 ms per file from end to end.';
 
-const BEFORE = 'Before batched calls and deferred fsyncs (one call and one fsync per blob), same machine, interleaved runs: (a) first move manifest 108–118 ms, copy 471–490 ms (19–20 MB/s); (b) big program first move copy 587–633 ms (19–21 MB/s), repeated-move ratio 1.34–1.42.';
+const BEFORE = 'Against the code of commit 07a9d9d (no blanks; every blob written through the thread pool; the walk at the daemon\'s priority; a program that arrived hashed in full at its next move), same machine, runs interleaved, before / this code: (b) the big program\'s first move copies at 23, 27 MB/s / 38, 39, 37 MB/s; repeated move, big ÷ small: 1.66, 1.49 / 1.12, 0.99, 1.30, and earlier the same day 1.42, 1.56, 1.48 / 0.96, 1.26 (medians of the five: 1.49 / 1.12); (a) a first move\'s copy 1,107.6, 516.4 ms / 147.4, 190.3, 186.7 ms into blanks (603.3, 241.6, 686.8 ms creating files).';
 
 async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
   const start = performance.now();

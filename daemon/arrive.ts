@@ -87,13 +87,13 @@ export class Arrivals {
   /** Moves this daemon did not hear the end of, settled by asking their sources. */
   private readonly settlement: Settlement;
 
+  constructor(private readonly ctx: ArrivalContext) {
+    this.settlement = new Settlement(ctx);
+  }
+
   /** Moves under way to here. */
   get underway(): number {
     return this.arrivals.size;
-  }
-
-  constructor(private readonly ctx: ArrivalContext) {
-    this.settlement = new Settlement(ctx);
   }
 
   /**
@@ -289,8 +289,7 @@ export class Arrivals {
     if (arrival?.phase !== 'started') throw refuseMigration(`no started migration ${JSON.stringify(id)} here`);
     await failpoint('arrive.commit.before', this.ctx.log);
     this.arrivals.delete(arrival.id);
-    // The clients the commit released are reaching the new server now: a Node process starting
-    // meanwhile would take a core from them.
+    // The clients the commit released reach the new server now: a Node starting would slow them.
     if (arrival.spare !== undefined) setTimeout(() => this.ctx.spares.fill(), SPARE_AFTER_COMMIT_MS).unref();
     await failpoint('arrive.cleanup.before', this.ctx.log);
     await rm(arrival.dir, { recursive: true, force: true });
