@@ -64,7 +64,12 @@ export class Programs {
    * from its id; that walk comes once the move that brought it is over, or with the next move.
    */
   arrived(root: string, manifest: Manifest, id: string): void {
-    const real = realpathSync(root);
+    let real: string;
+    try {
+      real = realpathSync(root);
+    } catch {
+      return; // gone already: walked, and hashed, as any tree at its next move
+    }
     this.built.set(real, { manifest, id });
     setTimeout(() => {
       if (this.built.get(real)?.manifest !== manifest) return;
