@@ -113,7 +113,7 @@ export class BlobReceiver {
     const reason = misfit(0, 0, bytes.length, true, size);
     if (reason !== undefined) throw refuseBlob(hash, reason);
     await nextTurn();
-    await this.store.putWhole(hash, bytes);
+    await this.store.put(hash, bytes, size);
     return true;
   }
 
