@@ -161,7 +161,7 @@ export class BlobStore {
   }
 
   /** A fresh temporary name for the blob, in the next temporary directory. */
-  temporary(hash: string): string {
+  private temporary(hash: string): string {
     return join(this.dir, 'tmp', String(this.temporaries++ % TMP_DIRS), `${hash}.${randomBytes(6).toString('hex')}`);
   }
 

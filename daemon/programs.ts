@@ -7,7 +7,7 @@ import { failpoint } from '../runtime/failpoints.js';
 import type { Server } from './names.js';
 import type { ShipmentHead } from './shipment.js';
 import type { Manifest } from './transfer.js';
-import { Walker } from './walker.js';
+import { Walker, type Walked } from './walker.js';
 
 /**
  * A walk of a program's tree that listed it in at most this long last time may run on beside
@@ -42,11 +42,10 @@ export class Programs {
 
   /** Walks the tree at `root` (a real path) again. */
   walk(root: string): Walk {
-    const seed = this.built.get(root);
-    this.built.delete(root);
-    const guess = this.ids.get(root) ?? seed?.id;
+    const { seeded, walking } = this.walkTree(root);
+    const guess = this.ids.get(root) ?? seeded;
     const mayOverlap = (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS;
-    const walked = this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms), seed?.manifest).then(async ({ manifest, id }) => {
+    const walked = walking.then(async ({ manifest, id }) => {
       if (guess !== undefined) await failpoint('rewalk.after', this.log);
       this.ids.set(root, id);
       walk.id = id;
@@ -73,12 +72,21 @@ export class Programs {
     this.built.set(real, { manifest, id });
     setTimeout(() => {
       if (this.built.get(real)?.manifest !== manifest) return;
-      this.built.delete(real);
-      this.walker.walk(real, this.exclude, (ms) => this.walkMs.set(real, ms), manifest).then(
+      this.walkTree(real).walking.then(
         (walked) => this.ids.set(real, walked.id),
         (error: Error) => this.log(`the walk of ${real}, which arrived here, failed: ${error.message}`),
       );
     }, SEED_DELAY_MS).unref();
+  }
+
+  /**
+   * A walk of `root` in the walker thread, which records how long listing it took; a tree built
+   * here and not walked yet is walked with the hashes it was built from, and `seeded` is its id.
+   */
+  private walkTree(root: string): { seeded?: string; walking: Promise<Walked> } {
+    const seed = this.built.get(root);
+    this.built.delete(root);
+    return { seeded: seed?.id, walking: this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms), seed?.manifest) };
   }
 
   /** Ends the thread that walks program trees. */

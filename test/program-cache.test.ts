@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { chmodSync, cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, type Client, type RpcmigError } from '../runtime/index.js';
+import type { Client, RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
 import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
 import type { DaemonProcess } from './helpers/daemon.js';
@@ -19,23 +19,18 @@ interface Counter {
 const cluster = new Cluster();
 let a: DaemonProcess;
 let b: DaemonProcess;
-const clients: Array<{ close(): Promise<void> }> = [];
 let names = 0;
 
 test.before(async () => {
   a = await cluster.daemon();
   b = await cluster.daemon();
 });
-test.after(async () => {
-  await Promise.all(clients.map((client) => client.close()));
-  await cluster.close();
-});
+test.after(() => cluster.close());
 
 async function counterOn(daemon: DaemonProcess): Promise<{ name: string; client: Client<Counter> }> {
   const name = `cached${names++}`;
   await cluster.server(COUNTER, daemon, ['--name', name]);
-  const client = await connect<Counter>(name, { daemon: daemon.address, keyFile: cluster.key.file });
-  clients.push(client);
+  const client = await cluster.connect<Counter>(name, daemon);
   return { name, client };
 }
 
@@ -73,8 +68,7 @@ test('a program changed since its last move is shipped again; the standby starte
   const standbys = [...b.stderr().matchAll(/standby for changed pid (\d+)/g)].map((match) => Number(match[1]));
   assert.is(standbys.length, 2, b.stderr());
   assert.ok(await waitFor(() => !isAlive(standbys[0])), 'the standby of the old program was ended');
-  const client = await connect<Counter>('changed', { daemon: b.address, keyFile: cluster.key.file });
-  clients.push(client);
+  const client = await cluster.connect<Counter>('changed', b);
   assert.is(await client.incr(1), 1);
   assert.is((await client.where()).pid, standbys[1]);
 });
@@ -94,8 +88,7 @@ test('a program changed while it moves: the walk beside the move finds it before
   breakdown(await cluster.migrate('rewalk-first', src, b, ['--grace', '0.2']));
   writeFileSync(pkg, JSON.stringify({ ...JSON.parse(readFileSync(pkg, 'utf8')), description: 'changed while moving' }));
   await cluster.server(server, src, ['--name', 'rewalked']);
-  const client = await connect<Counter>('rewalked', { daemon: src.address, keyFile: cluster.key.file });
-  clients.push(client);
+  const client = await cluster.connect<Counter>('rewalked', src);
   await client.incr(3);
   const moved = breakdown(await cluster.migrate('rewalked', src, b, ['--grace', '0.2']));
   assert.match(src.stderr(), /failpoint rewalk.after: slow/);
@@ -131,8 +124,7 @@ test('a program that arrived moves on as it is now: a file changed where it arri
   const [x, y] = [await cluster.daemon(), await cluster.daemon()];
   const { server } = programCopy('arrived-program');
   await cluster.server(server, x, ['--name', 'arrived']);
-  const client = await connect<Counter>('arrived', { daemon: x.address, keyFile: cluster.key.file });
-  clients.push(client);
+  const client = await cluster.connect<Counter>('arrived', x);
   await client.incr(2);
   breakdown(await cluster.migrate('arrived', x, y, ['--grace', '0.2']));
   // A second after its arrival the daemon has walked the tree, taking the hashes it was built from.
@@ -157,8 +149,7 @@ test('the commit waits for the walk beside the move: one that never ends rolls t
   await cluster.server(server, src, ['--name', 'confirm-first']);
   breakdown(await cluster.migrate('confirm-first', src, b, ['--grace', '0.2']));
   const started = await cluster.server(server, src, ['--name', 'unconfirmed']);
-  const client = await connect<Counter>('unconfirmed', { daemon: src.address, keyFile: cluster.key.file, timeout: 20_000 });
-  clients.push(client);
+  const client = await cluster.connect<Counter>('unconfirmed', src, { timeout: 20_000 });
   await client.incr(5);
   const moving = cluster.migrate('unconfirmed', src, b, ['--grace', '0.2']);
   assert.ok(await waitFor(() => started.stderr().includes('serving -> quiescing'), 10_000), 'the server was signalled while the walk hangs');

@@ -7,7 +7,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, type Client } from '../runtime/index.js';
+import type { Client } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER, sparesOf } from './helpers/cluster.js';
 import { blanksOf, type DaemonProcess } from './helpers/daemon.js';
 import { isAlive, ROOT, waitFor } from './helpers/process.js';
@@ -19,19 +19,14 @@ interface Counter {
 }
 
 const cluster = new Cluster();
-const clients: Array<{ close(): Promise<void> }> = [];
 let names = 0;
 
-test.after(async () => {
-  await Promise.all(clients.map((client) => client.close()));
-  await cluster.close();
-});
+test.after(() => cluster.close());
 
 async function counterOn(daemon: DaemonProcess): Promise<{ name: string; client: Client<Counter> }> {
   const name = `spared${names++}`;
   await cluster.server(COUNTER, daemon, ['--name', name]);
-  const client = await connect<Counter>(name, { daemon: daemon.address, keyFile: cluster.key.file });
-  clients.push(client);
+  const client = await cluster.connect<Counter>(name, daemon);
   return { name, client };
 }
 
@@ -147,8 +142,7 @@ test('a CommonJS program moves through a spare too, warm the second time', async
   const [a, b] = [await cluster.daemon(), await cluster.daemon()];
   assert.ok(await oneSpare(b));
   await cluster.server(join(program, 'server.js'), a, ['cjs']);
-  const client = await connect<{ hello(): { calls: number; pid: number; main: boolean } }>('cjs', { daemon: a.address, keyFile: cluster.key.file });
-  clients.push(client);
+  const client = await cluster.connect<{ hello(): { calls: number; pid: number; main: boolean } }>('cjs', a);
   assert.is((await client.hello()).calls, 1);
   breakdown(await cluster.migrate('cjs', a, b, ['--grace', '0.5']));
   const there = await client.hello();

@@ -6,6 +6,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI, cleanEnv, startDaemonProcess, tempDir, writeKey, type CliResult, type DaemonProcess } from './daemon.js';
 import { ROOT, startNode, stop, waitFor, isAlive, type Started } from './process.js';
+import { connect, type Client } from '../../runtime/index.js';
 
 export const FIXTURES = join(ROOT, 'fixtures', 'dist');
 export const RDICT = join(FIXTURES, 'rdict', 'server.js');
@@ -26,6 +27,8 @@ export class Cluster {
   readonly dir = tempDir();
   readonly key = writeKey(this.dir);
   readonly daemons: DaemonProcess[] = [];
+  /** Clients made by `connect`: closed by `close`. */
+  private readonly clients: Array<{ close(): Promise<void> }> = [];
   /** Pids of servers seen on any daemon, with that daemon's address: ended by `end` and `close`. */
   private readonly servers = new Map<number, string>();
 
@@ -101,9 +104,17 @@ export class Cluster {
     throw new Error(`${name} is not serving on the daemon at ${daemon.address}`);
   }
 
-  /** Ends every server seen (the daemons started some of them, detached) and every daemon. */
-  close(): Promise<void> {
-    return this.end([...this.daemons], true);
+  /** A client of the server `name`, found through `daemon` with this cluster's key; closed by `close`. */
+  async connect<T extends object>(name: string, daemon: DaemonProcess, options: { timeout?: number } = {}): Promise<Client<T>> {
+    const client = await connect<T>(name, { daemon: daemon.address, keyFile: this.key.file, ...options });
+    this.clients.push(client);
+    return client;
+  }
+
+  /** Closes the clients `connect` made, and ends every server seen (the daemons started some of them, detached) and every daemon. */
+  async close(): Promise<void> {
+    await Promise.all(this.clients.splice(0).map((client) => client.close()));
+    await this.end([...this.daemons], true);
   }
 
   /**
