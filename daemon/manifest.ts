@@ -19,6 +19,11 @@ export interface ManifestOptions {
    * file found as it was sealed (that mtime, the manifest's size) has the manifest's hash.
    */
   built?: { manifest: Manifest; mtime: number };
+  /**
+   * Called with each directory before it is listed, and with the directory of each file
+   * reached through a link that leaves the tree: every place whose change changes the manifest.
+   */
+  watch?: (dir: string) => void;
 }
 
 /** Hashing work done by this process, so that callers and tests can see the cache at work. */
@@ -59,6 +64,7 @@ interface Found {
 }
 interface Walk {
   root: string;
+  watch?: (dir: string) => void;
   exclude: Set<string>;
   limits: Limits;
   files: Found[];
@@ -90,7 +96,7 @@ export async function buildManifest(root: string, options: ManifestOptions): Pro
     exclude.add(resolve(path));
     exclude.add(await realpath(path).catch(() => resolve(path)));
   }
-  const walk: Walk = { root: realRoot, exclude, limits, files: [], links: [], bytes: 0, visited: 0 };
+  const walk: Walk = { root: realRoot, watch: options.watch, exclude, limits, files: [], links: [], bytes: 0, visited: 0 };
   const began = performance.now();
   await walkDir(walk, realRoot, '', []);
   options.walked?.(performance.now() - began);
@@ -149,6 +155,7 @@ export function manifestId(manifest: Manifest): string {
 }
 
 async function walkDir(walk: Walk, absDir: string, relDir: string, followed: readonly string[]): Promise<void> {
+  walk.watch?.(absDir);
   for (const name of readdirSync(absDir)) {
     const abs = join(absDir, name);
     if (name === '.git' || walk.exclude.has(abs)) continue;
@@ -194,6 +201,7 @@ async function walkLink(walk: Walk, abs: string, path: string, followed: readonl
   if (st.isDirectory() && (isInside(real, walk.root) || followed.some((dir) => isInside(real, dir)))) {
     throw refuse(path, `symlink to ${real} contains the package root or loops: exclude it or replace it with a copy`);
   }
+  if (!st.isDirectory()) walk.watch?.(dirname(real));
   return walkNode(walk, real, path, st, [...followed, real]);
 }
 

@@ -4,12 +4,15 @@
 // the moves under way — the paused server's report, the copy, the commit — for as long. The
 // thread runs at a lower priority than the daemon and its servers, so that a walk beside a
 // move takes the time the move leaves; and it sends a manifest across only when it changed.
+// It watches the directories of the trees it walked (watch.ts): a tree that has not changed
+// since is not walked again, and its move starts from its id at once.
 import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import { RpcmigError } from '../runtime/errors.js';
 import { SEALED_MTIME } from './blobs.js';
 import { buildManifest, manifestId } from './manifest.js';
+import { TreeWatch } from './watch.js';
 import type { Manifest } from './validate.js';
 
 // The walking thread's nice value (Linux schedules threads one by one).
@@ -23,8 +26,8 @@ interface Request {
   seed?: Manifest;
 }
 
-/** `manifest` is left out when it is the one last sent for that root. */
-type Reply = { id: number; program: string; manifest?: Manifest; walkMs: number } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
+/** `manifest` is left out when it is the one last sent for that root; `walkMs` when the tree was not listed (unchanged). */
+type Reply = { id: number; program: string; manifest?: Manifest; walkMs?: number } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
 
 /** A walked tree: its manifest and the manifest's id. */
 export interface Walked {
@@ -41,7 +44,7 @@ export class Walker {
 
   /**
    * The manifest of the tree at `root` and its id; `walked` is told how long listing and
-   * stat'ing it took. `seed`: the manifest the tree was built from here (see ManifestOptions.built).
+   * stat'ing it took, unless the tree was not listed: it did not change since its last walk. `seed`: the manifest the tree was built from here (see ManifestOptions.built).
    */
   async walk(root: string, exclude: string[], walked?: (ms: number) => void, seed?: Manifest): Promise<Walked> {
     const id = this.next++;
@@ -53,7 +56,7 @@ export class Walker {
       const { message, code, details } = reply.error;
       throw code === undefined ? new Error(message) : new RpcmigError(code as RpcmigError['code'], message, details);
     }
-    walked?.(reply.walkMs);
+    if (reply.walkMs !== undefined) walked?.(reply.walkMs);
     const manifest = reply.manifest ?? this.last.get(root)?.manifest;
     if (manifest === undefined) throw new Error(`the walk of ${root} came back without its manifest`);
     const result = { manifest, id: reply.program };
@@ -89,29 +92,59 @@ export class Walker {
   }
 }
 
+/** Trees whose watch is clean are not walked again (see watch.ts); at most this many are kept watched, the last walked. */
+const MOST_TREES = 16;
+
 if (!isMainThread && parentPort) {
   const port = parentPort;
   const sent = new Map<string, string>();
+  /** The trees walked last, by root, with their watches and the id they had. */
+  const trees = new Map<string, { watch: TreeWatch; program: string }>();
   try {
     // "PID/task/TID": this thread's id, which setpriority(2) takes for this thread alone.
     setPriority(Number(readlinkSync('/proc/thread-self').split('/').pop()), WALKER_NICE);
   } catch {
     // Not Linux, or not allowed: the walk runs at the daemon's priority.
   }
-  port.on('message', ({ id, root, exclude, seed }: Request) => {
+  const reply = (message: Reply) => port.postMessage(message);
+  port.on('message', async ({ id, root, exclude, seed }: Request) => {
+    const known = trees.get(root);
+    trees.delete(root);
+    if (known && !seed) {
+      // A change made before this request has its event queued already: it reaches the watch first.
+      for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
+      if (known.watch.clean) {
+        trees.set(root, known);
+        return reply({ id, program: known.program });
+      }
+    }
+    known?.watch.close();
+    const watch = new TreeWatch();
     let walkMs = 0;
     const walked = (ms: number) => (walkMs = ms);
-    buildManifest(root, { exclude, walked, ...(seed ? { built: { manifest: seed, mtime: SEALED_MTIME } } : {}) }).then(
+    buildManifest(root, { exclude, walked, watch: (dir) => watch.add(dir), ...(seed ? { built: { manifest: seed, mtime: SEALED_MTIME } } : {}) }).then(
       (manifest) => {
         const program = manifestId(manifest);
         const changed = sent.get(root) !== program;
         sent.set(root, program);
-        port.postMessage({ id, program, walkMs, ...(changed ? { manifest } : {}) } satisfies Reply);
+        reply({ id, program, walkMs, ...(changed ? { manifest } : {}) });
+        keep(root, watch, program);
       },
       (error: Error) => {
+        watch.close();
         const { code, details } = error as Partial<RpcmigError>;
-        port.postMessage({ id, error: { message: error.message, ...(code ? { code, details } : {}) } } satisfies Reply);
+        reply({ id, error: { message: error.message, ...(code ? { code, details } : {}) } });
       },
     );
   });
+  /** A tree whose every directory is watched, and did not change while it was walked, is not walked again until it changes. */
+  const keep = (root: string, watch: TreeWatch, program: string) => {
+    if (!watch.clean) return;
+    trees.set(root, { watch, program });
+    for (const [oldest, { watch: old }] of trees) {
+      if (trees.size <= MOST_TREES) break;
+      old.close();
+      trees.delete(oldest);
+    }
+  };
 }
