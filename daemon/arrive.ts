@@ -3,8 +3,7 @@
 // RPCMIG_RESTORE and answers once the restored server has registered here. A move it did not
 // hear the end of is settled by asking its source (settle.ts).
 import { mkdir, rm, stat } from 'node:fs/promises';
-import { createRequire } from 'node:module';
-import { dirname, join, relative } from 'node:path';
+import { join, relative } from 'node:path';
 import { within } from '../runtime/daemonlink.js';
 import { failpoint } from '../runtime/failpoints.js';
 import { ARRIVAL_ENV } from '../runtime/register.js';
@@ -12,7 +11,7 @@ import { writeStateFile as writeRecordFile } from '../runtime/statefile.js';
 import { RpcmigError } from '../runtime/errors.js';
 import { STANDBY_ENV } from '../runtime/state.js';
 import { deferred, type Deferred } from './deferred.js';
-import { kill, launch, tail, type Launch, type Launched, type Spares } from './launch.js';
+import { kill, lastWords, launch, standbyScript, type Launch, type Launched, type Spares } from './launch.js';
 import type { Server } from './names.js';
 import { ARRIVAL_RECORD_FILE, checkShipment, marksOf, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
 import { Settlement } from './settle.js';
@@ -289,6 +288,7 @@ export class Arrivals {
     if (arrival?.phase !== 'started') throw refuseMigration(`no started migration ${JSON.stringify(id)} here`);
     await failpoint('arrive.commit.before', this.ctx.log);
     this.arrivals.delete(arrival.id);
+    this.ctx.confirm(arrival.name, arrival.id);
     // The clients the commit released reach the new server now: a Node starting would slow them.
     if (arrival.spare !== undefined) setTimeout(() => this.ctx.spares.fill(), SPARE_AFTER_COMMIT_MS).unref();
     await failpoint('arrive.cleanup.before', this.ctx.log);
@@ -299,6 +299,16 @@ export class Arrivals {
   /** What a previous run left in `arriving/`: see Settlement. */
   loadUnsettled(): Promise<void> {
     return this.settlement.load();
+  }
+
+  /** True while the move `id` is starting its server here: it registers as `arriving`, until the commit. */
+  starting(id: string): boolean {
+    return this.arrivals.get(id)?.phase === 'starting';
+  }
+
+  /** The source daemon of the move `id`, while its end is not known here. */
+  sourceOf(id: string): string | undefined {
+    return (this.arrivals.get(id) ?? this.settlement.record(id))?.source;
   }
 
   /** The source of the move `id` if its server was started here and the move is not known committed. */
@@ -383,18 +393,3 @@ export class Arrivals {
     return dir;
   }
 }
-
-function lastWords(log: string): string {
-  const text = tail(log);
-  return text ? `; its log ends:\n${text}` : '';
-}
-
-/** The program's own standby bootstrap (`rpcmig/standby`), resolved as its entry would resolve it. */
-function standbyScript(entry: string): string | undefined {
-  try {
-    return createRequire(entry).resolve('rpcmig/standby', { paths: [dirname(entry)] });
-  } catch {
-    return undefined;
-  }
-}
-

@@ -7,11 +7,12 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { createServer, type Server as NetServer, type Socket } from 'node:net';
 import { RpcmigError, type WireError } from '../runtime/errors.js';
-import { formatAddress, openDaemon, parseAddress, within, type Address } from '../runtime/daemonlink.js';
+import { formatAddress, parseAddress, type Address } from '../runtime/daemonlink.js';
 import { answerHandshake, DEFAULT_HANDSHAKE_TIMEOUT, REFUSALS } from '../runtime/handshake.js';
 import { DEFAULT_MAX_FRAME, encode, NOTIFICATION, readMessages, REQUEST, RESPONSE, validate } from '../runtime/wire.js';
 import { Arrivals } from './arrive.js';
 import type { Outcome } from './settle.js';
+import { lookup, type LookupContext } from './lookup.js';
 import { DEFAULT_SPARES, end, Spares } from './launch.js';
 import { keyFileFor, prepareSpool } from './spool.js';
 import { Forwards } from './forwards.js';
@@ -85,9 +86,6 @@ export async function startDaemon(options: DaemonOptions): Promise<Daemon> {
 /** Connections one host may hold open to a daemon: every server there holds one, so it is ample. */
 export const DEFAULT_MAX_CONNECTIONS_PER_PEER = 1024;
 
-/** How many daemons a lookup may follow forwarding entries through. */
-const MAX_HOPS = 8;
-
 const WILDCARDS = new Set(['0.0.0.0', '::', '']);
 
 class NameDaemon implements Daemon {
@@ -97,6 +95,7 @@ class NameDaemon implements Daemon {
   private readonly forwards: Forwards;
   private readonly coordinator: Coordinator;
   private readonly recovery: Recovery;
+  private readonly lookups: LookupContext;
   private readonly arrivals: Arrivals;
   readonly spares: Spares;
   private readonly sockets = new Set<Socket>();
@@ -108,7 +107,7 @@ class NameDaemon implements Daemon {
   private readonly methods: Record<string, Method> = {
     hello: () => ({ id: this.id, address: this.advertised }),
     register: (peer, [registration]) => this.register(peer, registration),
-    lookup: (_peer, [name, hops]) => this.lookup(checkName(name), Number(hops) || 0),
+    lookup: (_peer, [name, hops]) => lookup(this.lookups, checkName(name), Number(hops) || 0),
     ls: (): Listing => this.names.list((server) => this.reachable(server.address), this.forwards.list()),
     // the source's half of a migration: the CLI's order, then the signalled server's calls
     migrate: (peer, [request]) => this.coordinator.migrate(checkMigrate(request), (progress) => this.tell(peer, 'progress', [progress])),
@@ -153,6 +152,12 @@ class NameDaemon implements Daemon {
       built: (root, manifest, program) => this.coordinator.arrived(root, manifest, program),
       serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
     });
+    this.lookups = {
+      names: this.names, forwards: this.forwards, key: options.key,
+      reachable: (address) => this.reachable(address),
+      sourceOf: (id) => this.arrivals.sourceOf(id),
+      confirm: (name, id) => this.confirm(name, id),
+    };
     this.sweeper = setInterval(() => this.sweep(), options.pidCheckInterval ?? 1000).unref();
     server.on('connection', (socket) => this.accept(socket).catch((error: Error) => this.internal('accepting a connection', error)));
   }
@@ -295,7 +300,12 @@ class NameDaemon implements Daemon {
       this.recovery.resolve(server, registration.migration).catch((error: Error) => this.internal(`resolving migration ${registration.migration}`, error));
       return { name: server.name, address };
     }
-    this.forwards.delete(server.name);
+    if (registration.arrival !== undefined && this.arrivals.starting(registration.arrival)) {
+      // Brought by a move not committed yet: a lookup finds it only once its source committed (see `lookup`).
+      server.state = 'arriving';
+    } else {
+      this.forwards.delete(server.name);
+    }
     this.arrivals.registered(server, address);
     return { name: server.name, address };
   }
@@ -314,28 +324,6 @@ class NameDaemon implements Daemon {
     const why = verdict === 'abandoned' ? `move ${arrival} was rolled back; ${name} serves at its source` : `move ${arrival} brings another server, not ${name}`;
     this.options.log(`refused register ${name} pid ${pid}: ${why}; ended it`);
     throw new RpcmigError('MIGRATION_FAILED', why);
-  }
-
-  /**
-   * Where `name` is served: here, or — following the forwarding entry of a server that moved
-   * away — wherever the daemon it moved to says, at most MAX_HOPS daemons on.
-   */
-  private async lookup(name: string, hops: number): Promise<{ name: string; address: string }> {
-    const server = this.names.all().find((s) => s.name === name && s.state !== 'moved' && s.state !== 'arriving');
-    if (server) return { name, address: this.reachable(server.address) };
-    const forward = this.forwards.get(name);
-    if (!forward) return { name, address: this.reachable(this.names.lookup(name).address) };
-    if (hops + 1 >= MAX_HOPS) return { name, address: forward.to };
-    try {
-      const link = await openDaemon(forward.daemon, this.options.key, { timeout: 2000 });
-      try {
-        return (await within(2000, link.call('lookup', [name, hops + 1]))) as { name: string; address: string };
-      } finally {
-        link.close();
-      }
-    } catch {
-      return { name, address: forward.to };
-    }
   }
 
   /** How the move `id` ended, for its destination: known to the coordinator, the recovery, or the forwarding entries. */

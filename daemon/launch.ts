@@ -6,7 +6,8 @@ import { spawn } from 'node:child_process';
 import type { Writable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
 
 export interface Launch {
   /** The materialised program root; `entry` and `cwd` are relative to it. */
@@ -195,6 +196,21 @@ export function tail(log: string, lines = 8): string {
     return readFileSync(log, 'utf8').trimEnd().split('\n').filter((line) => !STACK_FRAME.test(line)).slice(-lines).join('\n');
   } catch {
     return '';
+  }
+}
+
+/** The end of `log`, as a clause for an error message ("; its log ends: ..."); empty if nothing is there. */
+export function lastWords(log: string): string {
+  const text = tail(log);
+  return text ? `; its log ends:\n${text}` : '';
+}
+
+/** The program's own standby bootstrap (`rpcmig/standby`), resolved as its entry would resolve it. */
+export function standbyScript(entry: string): string | undefined {
+  try {
+    return createRequire(entry).resolve('rpcmig/standby', { paths: [dirname(entry)] });
+  } catch {
+    return undefined;
   }
 }
 

@@ -160,12 +160,13 @@ export class Coordinator {
 
   private order(request: MigrateRequest, report: (progress: Progress) => void): Move {
     const server = this.ctx.names.lookup(request.name);
-    if (server.state !== 'serving' || this.moves.has(server)) {
-      throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is ${server.state === 'moved' ? 'moved away already' : 'already migrating'}`, { step: 'order' });
-    }
     // Moved on before its source committed, it would live twice should that source roll back.
     const from = this.ctx.arrivingFrom(server);
     if (from !== undefined) throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is still arriving from ${from}`, { step: 'order' });
+    if (server.state !== 'serving' || this.moves.has(server)) {
+      const why = server.state === 'moved' ? 'moved away already' : server.state === 'arriving' ? 'still arriving here' : 'already migrating';
+      throw new RpcmigError('MIGRATION_FAILED', `order refused: ${server.name} is ${why}`, { step: 'order' });
+    }
     const id = randomBytes(8).toString('hex');
     const dir = join(this.ctx.spool, 'leaving', id);
     const figures: Breakdown = {

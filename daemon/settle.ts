@@ -87,17 +87,22 @@ export class Settlement {
     this.ctx.log(`migration ${id}: ${source} did not say how the move ended; ${name} stays held here`);
   }
 
-  private async askSource({ id, source }: ArrivalRecord): Promise<Outcome | undefined> {
+  private askSource({ id, source }: ArrivalRecord): Promise<Outcome | undefined> {
+    return askOutcome(this.ctx.key, source, id);
+  }
+}
+
+/** How the move `id` ended, as its source daemon says; undefined if it does not answer. */
+export async function askOutcome(key: Buffer, source: string, id: string): Promise<Outcome | undefined> {
+  try {
+    const link = await openDaemon(source, key, { timeout: SETTLE_RETRY_MS * 2 });
     try {
-      const link = await openDaemon(source, this.ctx.key, { timeout: SETTLE_RETRY_MS * 2 });
-      try {
-        const answer = (await within(SETTLE_RETRY_MS * 2, link.call('outcome', [id]))) as { outcome?: unknown };
-        return answer?.outcome === 'committed' || answer?.outcome === 'aborted' || answer?.outcome === 'pending' ? answer.outcome : undefined;
-      } finally {
-        link.close();
-      }
-    } catch {
-      return undefined;
+      const answer = (await within(SETTLE_RETRY_MS * 2, link.call('outcome', [id]))) as { outcome?: unknown };
+      return answer?.outcome === 'committed' || answer?.outcome === 'aborted' || answer?.outcome === 'pending' ? answer.outcome : undefined;
+    } finally {
+      link.close();
     }
+  } catch {
+    return undefined;
   }
 }
