@@ -14,6 +14,25 @@ const run = (file, args) => execFileSync(process.execPath, [file, ...args], { cw
 
 run(bin('typescript', 'tsc'), ['-p', 'tsconfig.json']);
 
+/**
+ * Removes what an earlier build emitted for a source since deleted or renamed: it would still
+ * be shipped (dist/runtime is copied into programs) and run (uvu runs every dist/test/*.test.js).
+ */
+function pruneStale(dir) {
+  for (const entry of fs.readdirSync(path.join(root, 'dist', dir), { withFileTypes: true })) {
+    const relative = path.join(dir, entry.name);
+    if (entry.isDirectory()) {
+      pruneStale(relative);
+      continue;
+    }
+    const emitted = /^(.*?)(\.d\.ts|\.js)$/.exec(entry.name);
+    if (emitted && !fs.existsSync(path.join(root, dir, `${emitted[1]}.ts`))) fs.rmSync(path.join(root, 'dist', relative));
+  }
+}
+for (const dir of ['transformer', 'runtime', 'daemon', 'test', 'bench', 'demo']) {
+  if (fs.existsSync(path.join(root, 'dist', dir))) pruneStale(dir);
+}
+
 /** Replaces `dest` (a directory, or a link left by older builds) with a copy of `parts` of `from`. */
 function install(from, dest, parts) {
   if (fs.lstatSync(dest, { throwIfNoEntry: false })?.isSymbolicLink()) fs.unlinkSync(dest);
