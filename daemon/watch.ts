@@ -2,8 +2,8 @@
 // through a watch on each of its directories): an unchanged tree need not be listed again at
 // its next move, so a move of a large program costs what a small one does. A tree counts as
 // unchanged only while every directory of it is watched, on a filesystem whose changes this
-// host sees; any event, error, or directory that cannot be watched sends it back to being
-// walked in full, as every tree is the first time.
+// host sees: after any event or error the next walk lists it in full (and watches it again),
+// and a tree with a directory that cannot be watched is listed at every walk.
 import { statfsSync, watch, type FSWatcher } from 'node:fs';
 
 /**
