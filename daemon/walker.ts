@@ -140,6 +140,10 @@ if (!isMainThread && parentPort) {
   /** A tree whose every directory is watched, and did not change while it was walked, is not walked again until it changes. */
   const keep = (root: string, watch: TreeWatch, program: string) => {
     if (!watch.clean) return;
+    // Two walks of one root that overlapped: the later one's watch is kept.
+    const previous = trees.get(root);
+    if (previous && previous.watch !== watch) previous.watch.close();
+    trees.delete(root);
     trees.set(root, { watch, program });
     for (const [oldest, { watch: old }] of trees) {
       if (trees.size <= MOST_TREES) break;

@@ -91,4 +91,14 @@ test('walks of several trees keep apart: a change in one lists only that one', a
   assert.equal(listed, [false, true, false]);
 });
 
+test('two walks of one tree at once both list it; the tree is then watched, once', async () => {
+  const { root } = makeTree('overlap');
+  const [one, two] = await Promise.all([walk(root), walk(root)]);
+  assert.ok(one.listed && two.listed);
+  assert.is(one.id, two.id);
+  assert.is((await walk(root)).listed, false);
+  writeFileSync(join(root, 'server.js'), '// changed');
+  assert.is((await walk(root)).listed, true);
+});
+
 test.run();
