@@ -306,11 +306,6 @@ export class Arrivals {
     return this.arrivals.get(id)?.phase === 'starting';
   }
 
-  /** The source daemon of the move `id`, while its end is not known here. */
-  sourceOf(id: string): string | undefined {
-    return (this.arrivals.get(id) ?? this.settlement.record(id))?.source;
-  }
-
   /** The source of the move `id` if its server was started here and the move is not known committed. */
   uncommitted(id: string): string | undefined {
     const arrival = this.arrivals.get(id);

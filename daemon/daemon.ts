@@ -155,7 +155,7 @@ class NameDaemon implements Daemon {
     this.lookups = {
       names: this.names, forwards: this.forwards, key: options.key,
       reachable: (address) => this.reachable(address),
-      sourceOf: (id) => this.arrivals.sourceOf(id),
+      uncommitted: (id) => this.arrivals.uncommitted(id),
       confirm: (name, id) => this.confirm(name, id),
     };
     this.sweeper = setInterval(() => this.sweep(), options.pidCheckInterval ?? 1000).unref();

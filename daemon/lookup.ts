@@ -18,8 +18,8 @@ export interface LookupContext {
   key: Buffer;
   /** A server's own address as clients reach it. */
   reachable(address: string): string;
-  /** The source daemon of the move `id` that brought a server here, while its end is not known here. */
-  sourceOf(id: string): string | undefined;
+  /** The source daemon of the move `id` if the server it brought here started and the move is not known committed. */
+  uncommitted(id: string): string | undefined;
   /** The move `id` is committed: the server it brought here serves. */
   confirm(name: string, id: string): void;
 }
@@ -54,7 +54,7 @@ export async function lookup(ctx: LookupContext, name: string, hops: number): Pr
 async function committedHere(ctx: LookupContext, name: string): Promise<Server | undefined> {
   const server = ctx.names.all().find((s) => s.name === name && s.state === 'arriving');
   const id = server?.arrival;
-  const source = id === undefined ? undefined : ctx.sourceOf(id);
+  const source = id === undefined ? undefined : ctx.uncommitted(id);
   if (!server || id === undefined || source === undefined) return undefined;
   if ((await askOutcome(ctx.key, source, id)) === 'committed') ctx.confirm(name, id);
   return server.state === 'serving' ? server : undefined;

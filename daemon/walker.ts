@@ -98,8 +98,8 @@ const MOST_TREES = 16;
 if (!isMainThread && parentPort) {
   const port = parentPort;
   const sent = new Map<string, string>();
-  /** The trees walked last, by root, with their watches and the id they had. */
-  const trees = new Map<string, { watch: TreeWatch; program: string }>();
+  /** The watches of the trees walked last, by root; a clean one's id is the one last sent. */
+  const trees = new Map<string, TreeWatch>();
   try {
     // "PID/task/TID": this thread's id, which setpriority(2) takes for this thread alone.
     setPriority(Number(readlinkSync('/proc/thread-self').split('/').pop()), WALKER_NICE);
@@ -110,15 +110,16 @@ if (!isMainThread && parentPort) {
   port.on('message', async ({ id, root, exclude, seed }: Request) => {
     const known = trees.get(root);
     trees.delete(root);
-    if (known && !seed) {
+    const program = sent.get(root);
+    if (known && !seed && program !== undefined) {
       // A change made before this request has its event queued already: it reaches the watch first.
       for (let turn = 0; turn < 2; turn++) await new Promise((resolve) => setImmediate(resolve));
-      if (known.watch.clean) {
+      if (known.clean) {
         trees.set(root, known);
-        return reply({ id, program: known.program });
+        return reply({ id, program });
       }
     }
-    known?.watch.close();
+    known?.close();
     const watch = new TreeWatch();
     let walkMs = 0;
     const walked = (ms: number) => (walkMs = ms);
@@ -128,7 +129,7 @@ if (!isMainThread && parentPort) {
         const changed = sent.get(root) !== program;
         sent.set(root, program);
         reply({ id, program, walkMs, ...(changed ? { manifest } : {}) });
-        keep(root, watch, program);
+        keep(root, watch);
       },
       (error: Error) => {
         watch.close();
@@ -138,14 +139,14 @@ if (!isMainThread && parentPort) {
     );
   });
   /** A tree whose every directory is watched, and did not change while it was walked, is not walked again until it changes. */
-  const keep = (root: string, watch: TreeWatch, program: string) => {
+  const keep = (root: string, watch: TreeWatch) => {
     if (!watch.clean) return;
     // Two walks of one root that overlapped: the later one's watch is kept.
     const previous = trees.get(root);
-    if (previous && previous.watch !== watch) previous.watch.close();
+    if (previous && previous !== watch) previous.close();
     trees.delete(root);
-    trees.set(root, { watch, program });
-    for (const [oldest, { watch: old }] of trees) {
+    trees.set(root, watch);
+    for (const [oldest, old] of trees) {
       if (trees.size <= MOST_TREES) break;
       old.close();
       trees.delete(oldest);
