@@ -5,7 +5,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { chmodSync, cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Client, RpcmigError } from '../runtime/index.js';
+import type { RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
 import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
 import type { DaemonProcess } from './helpers/daemon.js';
@@ -19,7 +19,6 @@ interface Counter {
 const cluster = new Cluster();
 let a: DaemonProcess;
 let b: DaemonProcess;
-let names = 0;
 
 test.before(async () => {
   a = await cluster.daemon();
@@ -27,12 +26,7 @@ test.before(async () => {
 });
 test.after(() => cluster.close());
 
-async function counterOn(daemon: DaemonProcess): Promise<{ name: string; client: Client<Counter> }> {
-  const name = `cached${names++}`;
-  await cluster.server(COUNTER, daemon, ['--name', name]);
-  const client = await cluster.connect<Counter>(name, daemon);
-  return { name, client };
-}
+const counterOn = (daemon: DaemonProcess) => cluster.named<Counter>(COUNTER, daemon, 'cached');
 
 test('the second move of the same program to a host sends no program bytes', async () => {
   const { name } = await counterOn(a);

@@ -7,7 +7,6 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Client } from '../runtime/index.js';
 import { breakdown, Cluster, COUNTER, sparesOf } from './helpers/cluster.js';
 import { blanksOf, type DaemonProcess } from './helpers/daemon.js';
 import { isAlive, ROOT, waitFor } from './helpers/process.js';
@@ -19,16 +18,10 @@ interface Counter {
 }
 
 const cluster = new Cluster();
-let names = 0;
 
 test.after(() => cluster.close());
 
-async function counterOn(daemon: DaemonProcess): Promise<{ name: string; client: Client<Counter> }> {
-  const name = `spared${names++}`;
-  await cluster.server(COUNTER, daemon, ['--name', name]);
-  const client = await cluster.connect<Counter>(name, daemon);
-  return { name, client };
-}
+const counterOn = (daemon: DaemonProcess) => cluster.named<Counter>(COUNTER, daemon, 'spared');
 
 const cmdline = (pid: number): string => {
   try {

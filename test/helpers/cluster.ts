@@ -31,6 +31,8 @@ export class Cluster {
   private readonly clients: Array<{ close(): Promise<void> }> = [];
   /** Pids of servers seen on any daemon, with that daemon's address: ended by `end` and `close`. */
   private readonly servers = new Map<number, string>();
+  /** Names handed out by `named`, so that no two servers of a cluster share one. */
+  private named_ = 0;
 
   /** Starts a daemon with its own spool; `env` reaches the daemon (and what it starts); `args` are more options of `rpcmig daemon`. */
   async daemon(env: NodeJS.ProcessEnv = {}, args: string[] = []): Promise<DaemonProcess> {
@@ -64,6 +66,13 @@ export class Cluster {
     const started = await startNode(script, { args, env, cwd: join(ROOT, 'fixtures') });
     this.servers.set(started.pid, daemon.address);
     return started;
+  }
+
+  /** Starts `script` on `daemon` under a name of its own (`prefix` and a number) with `--name`, and a client of it (closed by `close`). */
+  async named<T extends object>(script: string, daemon: DaemonProcess, prefix: string): Promise<{ name: string; client: Client<T> }> {
+    const name = `${prefix}${this.named_++}`;
+    await this.server(script, daemon, ['--name', name]);
+    return { name, client: await this.connect<T>(name, daemon) };
   }
 
   /** `rpcmig ...args` with this cluster's key, run to completion without blocking the test. */
