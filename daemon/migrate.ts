@@ -18,7 +18,7 @@ import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
 import {
-  callPeer, COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, pacedCalls, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, START_TIMEOUT_MS, STEP_TIMEOUT_MS, touch, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step,
+  callPeer, COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, pacedCalls, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, START_TIMEOUT_MS, STEP_TIMEOUT_MS, touch, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step, stoppedAt,
 } from './move.js';
 
 export class Coordinator {
@@ -269,6 +269,7 @@ export class Coordinator {
     move.figures.snapshot_ms = report.snapshot_ms ?? 0;
     move.figures.state_bytes = report.bytes ?? 0;
     move.state = report.state;
+    move.stopped = stoppedAt(report, move.orderTaken);
   }
 
   /**
@@ -373,7 +374,7 @@ export class Coordinator {
     await this.probe(move);
     const now = move.answered ?? performance.now();
     move.figures.total_ms = now - move.received;
-    move.figures.pause_ms = now - (move.orderTaken ?? now);
+    move.figures.pause_ms = now - (move.stopped ?? move.orderTaken ?? now);
     move.figures.address = address;
     this.ctx.log(`migration ${move.id}: ${move.server.name} moved to ${address} in ${move.figures.total_ms.toFixed(1)} ms`);
     return move.figures;

@@ -4,7 +4,7 @@ import { formatAddress, parseAddress, within, type Address, type DaemonLink } fr
 import { connect, invoke } from '../runtime/client.js';
 import { RpcmigError } from '../runtime/errors.js';
 import { WHEREIS } from '../runtime/server.js';
-import type { SnapshotReport } from '../runtime/migrating.js';
+import { monotonicMs, type SnapshotReport } from '../runtime/migrating.js';
 import type { Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
 import { checkName, type Names, type Server } from './names.js';
@@ -72,6 +72,8 @@ export interface Move {
   link?: DaemonLink;
   received: number;
   orderTaken?: number;
+  /** When the server stopped taking calls, as it reported (see `stoppedAt`); the pause counts from here. */
+  stopped?: number;
   snapshot: Deferred<SnapshotReport>;
   /** The state file, when the server sent it inline (INLINE_STATE_MAX); else it is at `statePath`. */
   state?: Uint8Array;
@@ -152,6 +154,19 @@ export function snapshotFailure(report: SnapshotReport): string | undefined {
 }
 
 /** Connects to the moved server and waits for its answer: the paper's "reply from the new host". */
+/**
+ * When the server stopped taking calls, on this process's `performance.now()` clock: the
+ * instant its report gives on the host's monotonic clock, if that lies between the order's
+ * taking and now (a server and its daemon share a host, hence that clock); else undefined,
+ * and the pause counts from the order's taking, as it does for a runtime that does not say.
+ */
+export function stoppedAt(report: SnapshotReport, orderTaken: number | undefined): number | undefined {
+  const ago = monotonicMs() - (report.stopped_at ?? Number.NaN);
+  const now = performance.now();
+  const stopped = now - ago;
+  return orderTaken !== undefined && ago >= 0 && stopped >= orderTaken ? stopped : undefined;
+}
+
 export async function firstReply(address: string): Promise<void> {
   const where = parseAddress(address, 0);
   const client = await connect<Record<string, () => unknown>>({ host: where.host, port: where.port, timeout: STEP_TIMEOUT_MS });

@@ -108,6 +108,8 @@ export interface SnapshotReport {
   snapshot_ms?: number;
   /** The state file itself, when the order let it come inline; else it is at the order's statePath. */
   state?: Uint8Array;
+  /** When the server stopped taking calls, on the host's monotonic clock (`monotonicMs`): where the clients' pause begins. */
+  stopped_at?: number;
   error?: string;
 }
 
@@ -159,6 +161,7 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   if (order === null) return log('SIGUSR2 with no migration order pending; ignored');
   const since = Date.now();
   const start = performance.now();
+  const stopped = monotonicMs();
   migration.enter({ name: 'quiescing', order, since });
   await failpoint('quiesce.before', log);
   await server.whenIdle();
@@ -170,7 +173,7 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   try {
     const { size, inline } = snapshot(order.statePath, order.inline ?? -1);
     const written = performance.now();
-    report = { id: order.id, bytes: size, quiesce_ms: quiesced - start, snapshot_ms: written - quiesced, ...(inline ? { state: inline } : {}) };
+    report = { id: order.id, bytes: size, quiesce_ms: quiesced - start, snapshot_ms: written - quiesced, stopped_at: stopped, ...(inline ? { state: inline } : {}) };
     migration.enter({ name: 'snapshotted', order, since });
   } catch (error) {
     report = { id: order.id, error: `the snapshot failed: ${(error as Error).message}` };
@@ -180,6 +183,15 @@ async function signalled(link: DaemonLink, server: Movable, log: (line: string) 
   reported?.catch(() => undefined);
   await failpoint('snapshot.after', log);
   await (reported ?? link.call('snapshot', [report])).catch((error: Error) => log(`could not report the snapshot: ${error.message}`));
+}
+
+/**
+ * Milliseconds on the host's monotonic clock, which every process on the host shares (unlike
+ * `performance.now()`, which counts from each process's start): a server and its daemon
+ * compare instants with it.
+ */
+export function monotonicMs(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
 }
 
 function checkOrder(value: unknown): Order | null {

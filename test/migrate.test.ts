@@ -12,6 +12,8 @@ import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
 import { CLI, cleanEnv, writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
 import { spawnSync } from 'node:child_process';
 import { isAlive, ROOT, start, stop, waitFor, type Started } from './helpers/process.js';
+import { monotonicMs } from '../runtime/migrating.js';
+import { stoppedAt } from '../daemon/move.js';
 
 /** The procedures of fixtures/counter and fixtures/rdict (ESM programs, typed here by hand). */
 interface Counter {
@@ -78,6 +80,17 @@ test('rdict moves to B and back: every word and the lookup count arrive exactly'
   assert.equal(entries(spool(b, 'arriving')), [], 'the destination deleted its state file');
 });
 
+test('the pause counts from the instant the server reports it stopped, on the host\'s monotonic clock', () => {
+  const orderTaken = performance.now() - 20;
+  const stopped = stoppedAt({ id: 'm', stopped_at: monotonicMs() - 5 }, orderTaken);
+  assert.ok(stopped !== undefined && Math.abs(performance.now() - 5 - stopped) < 2, `stopped ${stopped} is 5 ms ago`);
+  // An instant before the order was taken, in the future, or not given: the order's taking stands.
+  assert.is(stoppedAt({ id: 'm', stopped_at: monotonicMs() - 50 }, orderTaken), undefined);
+  assert.is(stoppedAt({ id: 'm', stopped_at: monotonicMs() + 50 }, orderTaken), undefined);
+  assert.is(stoppedAt({ id: 'm' }, orderTaken), undefined);
+  assert.is(stoppedAt({ id: 'm', stopped_at: monotonicMs() - 5 }, undefined), undefined);
+});
+
 test('exactly once: 8 clients pipelining increments while the counter moves A->B->A->B', async () => {
   const { name, client } = await counterOn(a);
   const callers = await Promise.all(Array.from({ length: 8 }, () => connect<Counter>(name, { daemon: a.address, keyFile: cluster.key.file })));
@@ -122,6 +135,9 @@ test('a call executing at the order replies from the source; one arriving mid-mo
   assert.is.not(arrived.pid, pid, 'the call held during the move ran at the destination');
   const figures = breakdown(await moving);
   assert.ok((figures.quiesce_ms as number) > 300, `quiesce_ms ${figures.quiesce_ms} waited for the slow call`);
+  // The held call waited from the server's stop, through the slow call, to the new host's answer.
+  assert.ok((figures.pause_ms as number) >= (figures.quiesce_ms as number), `pause_ms ${figures.pause_ms} counts the quiesce (${figures.quiesce_ms})`);
+  assert.ok((figures.pause_ms as number) <= (figures.total_ms as number), `pause_ms ${figures.pause_ms} within total_ms ${figures.total_ms}`);
   assert.is(await client.incr(1), 2);
   assert.is(await client.get(), 2);
 });
