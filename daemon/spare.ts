@@ -52,7 +52,8 @@ function checkJob(job: SpareJob): SpareJob {
 
 /** What a standby bootstrap exports (runtime/standby.ts). */
 interface Standby {
-  prepare(): Promise<void>;
+  /** `ahead`: no move is under way, so the warm-up may be thorough (an older runtime ignores it). */
+  prepare(ahead?: boolean): Promise<void>;
   run(): void;
 }
 
@@ -62,7 +63,7 @@ async function preload(script: string | undefined): Promise<Standby | undefined>
   try {
     const standby = require(script) as Partial<Standby>;
     if (typeof standby.prepare !== 'function' || typeof standby.run !== 'function') throw new Error(`${script} exports no prepare and run`);
-    await standby.prepare();
+    await standby.prepare(true);
     return standby as Standby;
   } catch (error) {
     process.stderr.write(`rpcmig spare: cannot preload ${script}: ${(error as Error).message}\n`);

@@ -18,29 +18,32 @@ import { loadKey, openDaemon, parseAddress } from './daemonlink.js';
 import { connect } from './client.js';
 import { DEFAULT_RECORD_LEASE_MS, serve } from './server.js';
 import { CompletionRecords } from './records.js';
-import { gateRestore, RESTORE_ENV, STANDBY_ENV, warmCodec } from './state.js';
+import { gateRestore, RESTORE_ENV, STANDBY_ENV, THOROUGH_WARM_ROUNDS, warmCodec } from './state.js';
 import { adoptLink } from './register.js';
 import './index.js';
 
-/** Calls the warm-up makes: enough to fill and grow a client's completion records, as a served client does. */
-const WARM_CALLS = 300;
+/** Calls a thorough warm-up makes: enough to fill and grow a client's completion records, as a served client does. */
+const THOROUGH_WARM_CALLS = 300;
 
 /**
  * Runs the code the server will run — decoding a state file, putting its clients' completion
  * records back, serving calls, writing its first line of output — before the state arrives,
- * so that V8 has compiled it (and optimised what loops) instead of the clients waiting for it.
+ * so that V8 has compiled it instead of the clients waiting for it. `thorough`: over and over,
+ * until V8 has optimised its loops (~50–100 ms of CPU), for a spare that has nothing else to
+ * do; else once, as a standby started for a move under way does.
  */
-async function warmUp(): Promise<void> {
-  warmCodec();
+async function warmUp(thorough: boolean): Promise<void> {
+  warmCodec(thorough ? THOROUGH_WARM_ROUNDS : 1);
   const server = await serve('rpcmig-standby', { ping: () => true }, { daemon: false });
   const client = await connect<{ ping(): boolean }>(parseAddress(server.address, 0));
-  for (let call = 0; call < WARM_CALLS; call++) await client.ping();
+  const calls = thorough ? THOROUGH_WARM_CALLS : 1;
+  for (let call = 0; call < calls; call++) await client.ping();
   // A restored server puts its clients' completion records back first thing (server.ts, serve).
   const saved = new CompletionRecords(DEFAULT_RECORD_LEASE_MS);
-  const calls = saved.hello(['rpcmig-warm-up', 0])!;
-  for (let seq = 0; seq < WARM_CALLS; seq++) {
-    calls.start(seq);
-    calls.finish(seq, null, `result ${seq}`);
+  const records = saved.hello(['rpcmig-warm-up', 0])!;
+  for (let seq = 0; seq < calls; seq++) {
+    records.start(seq);
+    records.finish(seq, null, `result ${seq}`);
   }
   const restored = new CompletionRecords(DEFAULT_RECORD_LEASE_MS);
   restored.restore(saved.save());
@@ -60,12 +63,12 @@ let prepared: Promise<void> | undefined;
  * too: an ES module program imports `rpcmig`, and `rpcmig/state` in the code the transformer
  * injects, through it, and it reads the export names of a CommonJS module once per process)
  * and warming it up. A daemon's spare (daemon/spare.ts) does it ahead of any move, for the
- * program that last arrived on its host.
+ * program that last arrived on its host: `ahead`, and so thoroughly (see `warmUp`).
  */
-export function prepare(): Promise<void> {
+export function prepare(ahead = false): Promise<void> {
   prepared ??= (async () => {
     for (const module of ['./index.js', './state.js']) await import(pathToFileURL(require.resolve(module)).href);
-    await warmUp();
+    await warmUp(ahead);
   })();
   return prepared;
 }

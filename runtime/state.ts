@@ -119,34 +119,33 @@ export function encodeStateParts(values: Record<string, unknown>, fingerprints: 
 
 const classKeyOf = (proto: object): string | undefined => classKeys.get(proto);
 
-let warmed = false;
+/** Rounds of the warm-up run so far in this process. */
+let warmed = 0;
 
 /**
  * Encodes and decodes a small state of the usual shapes (Maps, strings, numbers, arrays,
- * objects), once per process and a few rounds over, so that V8 has compiled and optimised the
- * codec's paths before a real snapshot or restore needs them: cold, a snapshot or restore of
- * a thousand words takes milliseconds more of the clients' pause.
+ * objects), so that V8 has compiled the codec's paths before a real snapshot or restore needs
+ * them: cold, a snapshot or restore of a thousand words takes milliseconds more of the
+ * clients' pause. V8 optimises a loop only once it has run it often enough: after one round a
+ * thousand words still took ~2 ms to snapshot and ~1 ms to restore here, after
+ * `THOROUGH_WARM_ROUNDS`, ~0.5 ms each. Each round costs ~3–5 ms (the first, ~20 ms), so the
+ * thorough warm-up is for a process with nothing else to do (a daemon's spare, ahead of any
+ * move): anywhere else, its CPU would be taken from a move under way on the host.
  */
-export function warmCodec(): void {
-  if (warmed) return;
-  warmed = true;
+export function warmCodec(rounds = 1): void {
+  if (warmed >= rounds) return;
   const key = `${INTERNAL_PREFIX}warm-up`;
   const sample = new Map<string, unknown>();
   for (let i = 0; i < 64; i++) sample.set(`key ${i}`, { text: `value ${i}`, n: i, x: i / 3, list: [i, 'é', true, null], big: 2n ** 70n });
   // Words as a dictionary holds them, enough for V8 to optimise the loops that read a table
-  // (one-byte and two-byte strings): cold, a thousand words take 2–3 ms more to restore.
+  // (one-byte and two-byte strings).
   const words = new Map(Array.from({ length: 2048 }, (_, i) => [`w${i}`, `meaning ${i} é`.slice(0, 9 + (i % 8))]));
   const value = { sample, small: new Map([['a', 'b']]), words, when: new Date(0) };
   const fingerprints = new Map([[key, INTERNAL_FINGERPRINT]]);
-  for (let round = 0; round < WARM_ROUNDS; round++) decodeState(encodeState({ [key]: value }, fingerprints), {});
+  for (; warmed < rounds; warmed++) decodeState(encodeState({ [key]: value }, fingerprints), {});
 }
 
-/**
- * Rounds of the warm-up: V8 optimises a loop only once it has run it often enough. After one
- * round a thousand words still took ~2 ms to snapshot and ~1 ms to restore here; after eight,
- * ~0.5 ms each (a warm-up of ~20–30 ms, once per process, off the clients' path).
- */
-const WARM_ROUNDS = 8;
+export const THOROUGH_WARM_ROUNDS = 8;
 
 /**
  * Verifies a state file against a build's manifest and decodes it: key -> value. Throws one
