@@ -361,7 +361,7 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   if (server.registration) {
     server.cleanups.push(takeOrders(server.registration, server, log));
     // Off the start-up path, well before any order: the first snapshot then runs compiled code.
-    setTimeout(warmCodec, WARM_CODEC_AFTER_MS).unref();
+    setTimeout(() => warmCodec(), WARM_CODEC_AFTER_MS).unref();
   } else {
     const ignore = () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored');
     process.on('SIGUSR2', ignore);

@@ -18,7 +18,7 @@ import { loadKey, openDaemon, parseAddress } from './daemonlink.js';
 import { connect } from './client.js';
 import { DEFAULT_RECORD_LEASE_MS, serve } from './server.js';
 import { CompletionRecords } from './records.js';
-import { gateRestore, RESTORE_ENV, STANDBY_ENV, THOROUGH_WARM_ROUNDS, warmCodec } from './state.js';
+import { gateRestore, RESTORE_ENV, STANDBY_ENV, warmCodec } from './state.js';
 import { adoptLink } from './register.js';
 import './index.js';
 
@@ -33,7 +33,7 @@ const THOROUGH_WARM_CALLS = 300;
  * do; else once, as a standby started for a move under way does.
  */
 async function warmUp(thorough: boolean): Promise<void> {
-  warmCodec(thorough ? THOROUGH_WARM_ROUNDS : 1);
+  warmCodec(thorough);
   const server = await serve('rpcmig-standby', { ping: () => true }, { daemon: false });
   const client = await connect<{ ping(): boolean }>(parseAddress(server.address, 0));
   const calls = thorough ? THOROUGH_WARM_CALLS : 1;

@@ -119,33 +119,40 @@ export function encodeStateParts(values: Record<string, unknown>, fingerprints: 
 
 const classKeyOf = (proto: object): string | undefined => classKeys.get(proto);
 
-/** Rounds of the warm-up run so far in this process. */
-let warmed = 0;
+let warmed: 'no' | 'once' | 'thoroughly' = 'no';
 
 /**
  * Encodes and decodes a small state of the usual shapes (Maps, strings, numbers, arrays,
  * objects), so that V8 has compiled the codec's paths before a real snapshot or restore needs
  * them: cold, a snapshot or restore of a thousand words takes milliseconds more of the
- * clients' pause. V8 optimises a loop only once it has run it often enough: after one round a
- * thousand words still took ~2 ms to snapshot and ~1 ms to restore here, after
- * `THOROUGH_WARM_ROUNDS`, ~0.5 ms each. Each round costs ~3–5 ms (the first, ~20 ms), so the
- * thorough warm-up is for a process with nothing else to do (a daemon's spare, ahead of any
- * move): anywhere else, its CPU would be taken from a move under way on the host.
+ * clients' pause. Once (~20 ms) leaves a thousand words and a client's completion records at
+ * ~2 ms to snapshot and ~1 ms to restore here: V8 optimises a loop only once it has run it
+ * often enough. `thorough` goes on for THOROUGH_WARM_ROUNDS rounds of such a state, ~40 ms
+ * more, after which they take ~0.7 and ~0.4 ms; it is for a process with nothing else to do (a
+ * daemon's spare, ahead of any move): anywhere else it takes the CPU from a move on the host.
  */
-export function warmCodec(rounds = 1): void {
-  if (warmed >= rounds) return;
-  const key = `${INTERNAL_PREFIX}warm-up`;
-  const sample = new Map<string, unknown>();
-  for (let i = 0; i < 64; i++) sample.set(`key ${i}`, { text: `value ${i}`, n: i, x: i / 3, list: [i, 'é', true, null], big: 2n ** 70n });
-  // Words as a dictionary holds them, enough for V8 to optimise the loops that read a table
-  // (one-byte and two-byte strings).
-  const words = new Map(Array.from({ length: 2048 }, (_, i) => [`w${i}`, `meaning ${i} é`.slice(0, 9 + (i % 8))]));
-  const value = { sample, small: new Map([['a', 'b']]), words, when: new Date(0) };
-  const fingerprints = new Map([[key, INTERNAL_FINGERPRINT]]);
-  for (; warmed < rounds; warmed++) decodeState(encodeState({ [key]: value }, fingerprints), {});
+export function warmCodec(thorough = false): void {
+  const fingerprints = new Map([[WARM_KEY, INTERNAL_FINGERPRINT]]);
+  const round = (value: unknown) => decodeState(encodeState({ [WARM_KEY]: value }, fingerprints), {});
+  if (warmed === 'no') {
+    const sample = new Map<string, unknown>();
+    for (let i = 0; i < 64; i++) sample.set(`key ${i}`, { text: `value ${i}`, n: i, x: i / 3, list: [i, 'é', true, null], big: 2n ** 70n });
+    // Words as a dictionary holds them, one-byte and two-byte strings.
+    const words = new Map(Array.from({ length: 2048 }, (_, i) => [`w${i}`, `meaning ${i} é`.slice(0, 9 + (i % 8))]));
+    round({ sample, small: new Map([['a', 'b']]), words, when: new Date(0) });
+    warmed = 'once';
+  }
+  if (thorough && warmed === 'once') {
+    // A dictionary and a client's completion records (records.ts, `save`): [id, below, [seq, error, result, ...]].
+    const words = new Map(Array.from({ length: 1024 }, (_, i) => [`word${i}`, `meaning of word ${i}`]));
+    const records = [['rpcmig-warm-up', 0, Array.from({ length: 256 }, (_, i) => [i, null, `result ${i}`]).flat()]];
+    for (let i = 0; i < THOROUGH_WARM_ROUNDS; i++) round({ words, records });
+    warmed = 'thoroughly';
+  }
 }
 
-export const THOROUGH_WARM_ROUNDS = 8;
+const WARM_KEY = `${INTERNAL_PREFIX}warm-up`;
+const THOROUGH_WARM_ROUNDS = 16;
 
 /**
  * Verifies a state file against a build's manifest and decodes it: key -> value. Throws one
