@@ -153,7 +153,6 @@ export function snapshotFailure(report: SnapshotReport): string | undefined {
   return typeof report.error === 'string' ? report.error : undefined;
 }
 
-/** Connects to the moved server and waits for its answer: the paper's "reply from the new host". */
 /**
  * When the server stopped taking calls, on this process's `performance.now()` clock: the
  * instant its report gives on the host's monotonic clock, if that lies between the order's
@@ -167,6 +166,7 @@ export function stoppedAt(report: SnapshotReport, orderTaken: number | undefined
   return orderTaken !== undefined && ago >= 0 && stopped >= orderTaken ? stopped : undefined;
 }
 
+/** Connects to the moved server and waits for its answer: the paper's "reply from the new host". */
 export async function firstReply(address: string): Promise<void> {
   const where = parseAddress(address, 0);
   const client = await connect<Record<string, () => unknown>>({ host: where.host, port: where.port, timeout: STEP_TIMEOUT_MS });
