@@ -166,10 +166,14 @@ export function stoppedAt(report: SnapshotReport, orderTaken: number | undefined
   return orderTaken !== undefined && ago >= 0 && stopped >= orderTaken ? stopped : undefined;
 }
 
-/** Connects to the moved server and waits for its answer: the paper's "reply from the new host". */
+/**
+ * Connects to the moved server and waits for its answer: the paper's "reply from the new host".
+ * The question is idempotent, so it goes without a client id: the new server keeps no
+ * completion record of it, which would travel in its state files until its lease ran out.
+ */
 export async function firstReply(address: string): Promise<void> {
   const where = parseAddress(address, 0);
-  const client = await connect<Record<string, () => unknown>>({ host: where.host, port: where.port, timeout: STEP_TIMEOUT_MS });
+  const client = await connect<Record<string, () => unknown>>({ host: where.host, port: where.port, timeout: STEP_TIMEOUT_MS, exactlyOnce: false });
   try {
     await invoke(client, WHEREIS);
   } finally {

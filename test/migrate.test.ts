@@ -6,7 +6,7 @@ import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { connect, type Client, type RpcmigError } from '../runtime/index.js';
+import { connect, STATS, type Client, type RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
 import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
 import { CLI, cleanEnv, writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
@@ -89,6 +89,18 @@ test('the pause counts from the instant the server reports it stopped, on the ho
   assert.is(stoppedAt({ id: 'm', stopped_at: monotonicMs() + 50 }, orderTaken), undefined);
   assert.is(stoppedAt({ id: 'm' }, orderTaken), undefined);
   assert.is(stoppedAt({ id: 'm', stopped_at: monotonicMs() - 5 }, undefined), undefined);
+});
+
+test('the source\'s probe of the new server leaves no completion record there: only the clients\' travel on', async () => {
+  const { name, client } = await counterOn(a);
+  await client.incr(1);
+  breakdown(await cluster.migrate(name, a, b, ['--grace', '1']));
+  assert.is(await client.incr(1), 2);
+  // Asked without a client id of its own, so as not to count itself.
+  const where = (await cluster.serving(b, name)).address.split(':');
+  const plain = await connect<{ [STATS](): { clients: number; records: number } }>({ host: where[0], port: Number(where[1]), exactlyOnce: false });
+  clients.push(plain as unknown as Client<Counter>);
+  assert.equal(await plain[STATS](), { clients: 1, records: 1 });
 });
 
 test('exactly once: 8 clients pipelining increments while the counter moves A->B->A->B', async () => {
