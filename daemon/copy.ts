@@ -211,7 +211,7 @@ export async function sendFile(path: string, send: (offset: number, bytes: Buffe
 }
 
 /** At most `size` promises outstanding; the first failure is thrown once all have settled. */
-class Window {
+export class Window {
   private readonly inFlight = new Set<Promise<void>>();
   private failure: { error: unknown } | undefined;
 

@@ -17,8 +17,10 @@ import { Programs, shipmentOf } from './programs.js';
 import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
+import { sendRest, tailSnapshot, type SendPiece } from './statecopy.js';
+import { temporaryOf } from '../runtime/statefile.js';
 import {
-  callPeer, COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, pacedCalls, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, START_TIMEOUT_MS, STEP_TIMEOUT_MS, touch, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step, stoppedAt,
+  callPeer, COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, pacedCalls, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, START_TIMEOUT_MS, stateSender, STEP_TIMEOUT_MS, stoppedAt, touch, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step,
 } from './move.js';
 
 export class Coordinator {
@@ -262,6 +264,9 @@ export class Coordinator {
     // Written before the signal: a daemon that restarts mid-move knows whom to ask how it ended.
     writeOrder(move.dir, { id: move.id, name: move.server.name, to: move.to, graceMs: move.graceMs });
     process.kill(move.server.pid, 'SIGUSR2');
+    // A large snapshot starts for the destination while the server writes it.
+    move.tailed = tailSnapshot(temporaryOf(move.statePath, move.server.pid), stateSender(move, this.ctx.log), move.snapshot.promise, () => move.over);
+    move.tailed.catch(() => undefined);
     const report = await within(QUIESCE_TIMEOUT_MS, move.snapshot.promise, () => new Error(move.step === 'signal'
       ? `the server (pid ${move.server.pid}) did not take the order within ${QUIESCE_TIMEOUT_MS} ms`
       : `the server did not finish its calls and snapshot within ${QUIESCE_TIMEOUT_MS} ms`)).catch((error: Error) => this.orphanedSnapshot(move, error));
@@ -290,17 +295,15 @@ export class Coordinator {
     this.enter(move, 'copy');
     const started = performance.now();
     move.progress.begin('copy', move.figures.state_bytes);
-    const state = pacedCalls(move, 'state');
-    const piece = async (offset: number, bytes: Uint8Array, final: boolean) => {
-      const fault = await failpoint('copy.send', this.ctx.log);
-      if (fault === 'drop') move.link!.close();
-      if (fault === 'corrupt') bytes[bytes.length >> 1] ^= 0xff;
-      const answered = state([move.id, offset, bytes, final]);
-      if (final) sent.resolve();
-      await answered;
-      move.progress.add(bytes.length);
-    };
+    const send = stateSender(move, this.ctx.log, () => sent.resolve());
+    const piece: SendPiece = (offset, bytes, final) => send(offset, bytes, final).then(() => move.progress.add(bytes.length));
+    const tailed = await move.tailed;
+    if (tailed) move.progress.add(tailed.sent - tailed.held);
     if (move.state) await piece(0, move.state, true);
+    else if (tailed) {
+      const size = await sendRest(move.statePath, tailed, piece);
+      this.ctx.log(`migration ${move.id}: ${tailed.sent - tailed.held} of the state's ${size} bytes went while the server wrote them`);
+    }
     else await sendFile(move.statePath, piece);
     move.figures.copy_ms += performance.now() - started;
   }

@@ -9,6 +9,8 @@ import type { Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
 import { checkName, type Names, type Server } from './names.js';
 import type { Meter } from './progress.js';
+import { failpoint } from '../runtime/failpoints.js';
+import type { SendPiece, Tailed } from './statecopy.js';
 
 export interface SourceContext {
   key: Buffer;
@@ -77,6 +79,10 @@ export interface Move {
   snapshot: Deferred<SnapshotReport>;
   /** The state file, when the server sent it inline (INLINE_STATE_MAX); else it is at `statePath`. */
   state?: Uint8Array;
+  /** What of the state file went while the server wrote it (statecopy.ts); undefined when none did. */
+  tailed?: Promise<Tailed | undefined>;
+  /** The `state` calls, each in its turn (see `pacedCalls`). */
+  stateCalls?: (params: unknown[]) => Promise<unknown>;
   /** The server's control connection closed mid-move (it exited or crashed). */
   gone?: boolean;
   /**
@@ -229,5 +235,22 @@ export function pacedCalls(move: Move, method: string): (params: unknown[]) => P
     const turn = previous.then(() => answered(move, method, answer));
     previous = turn.catch(() => undefined);
     return turn;
+  };
+}
+
+/**
+ * Sends pieces of the state file to the destination, in order with every other piece of the
+ * move; the `copy.send` failpoint applies to each. `onFinal` runs once the last piece is on
+ * the link, before its answer.
+ */
+export function stateSender(move: Move, log: (line: string) => void, onFinal: () => void = () => undefined): SendPiece {
+  const state = (move.stateCalls ??= pacedCalls(move, 'state'));
+  return async (offset, bytes, final) => {
+    const fault = await failpoint('copy.send', log);
+    if (fault === 'drop') move.link!.close();
+    if (fault === 'corrupt') bytes[bytes.length >> 1] ^= 0xff;
+    const answered = state([move.id, offset, bytes, final]);
+    if (final) onFinal();
+    await answered;
   };
 }

@@ -198,8 +198,16 @@ function writeAll(fd: number, bytes: Uint8Array, position: number): number {
   return bytes.length;
 }
 
+/**
+ * Where process `pid` writes the file `path` before it renames it into place: a snapshot's
+ * daemon reads it there while it grows (daemon/statecopy.ts).
+ */
+export function temporaryOf(path: string, pid: number): string {
+  return `${path}.${pid}.tmp`;
+}
+
 function replaceFile(path: string, durable: boolean, write: (fd: number) => void): void {
-  const temporary = `${path}.${process.pid}.tmp`;
+  const temporary = temporaryOf(path, process.pid);
   const fd = openSync(temporary, 'w', 0o600);
   try {
     write(fd);

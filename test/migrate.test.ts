@@ -8,7 +8,7 @@ import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } 
 import { join } from 'node:path';
 import { connect, STATS, type Client, type RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
-import { breakdown, Cluster, COUNTER, RDICT } from './helpers/cluster.js';
+import { breakdown, Cluster, COUNTER, FIXTURES, RDICT } from './helpers/cluster.js';
 import { CLI, cleanEnv, writeKey, startDaemonProcess, type DaemonProcess } from './helpers/daemon.js';
 import { spawnSync } from 'node:child_process';
 import { isAlive, ROOT, start, stop, waitFor, type Started } from './helpers/process.js';
@@ -101,6 +101,21 @@ test('the source\'s probe of the new server leaves no completion record there: o
   const plain = await connect<{ [STATS](): { clients: number; records: number } }>({ host: where[0], port: Number(where[1]), exactlyOnce: false });
   clients.push(plain as unknown as Client<Counter>);
   assert.equal(await plain[STATS](), { clients: 1, records: 1 });
+});
+
+test('a large state goes to the destination while its server writes it, and arrives whole', async () => {
+  interface Big { fill(n: number, bytes?: number): number; lookup(word: string): string | null; size(): number }
+  const words = 300_000;
+  await cluster.server(join(FIXTURES, 'bigdict', 'server.js'), a, ['--name', 'tailed']);
+  const big = await connect<Big>('tailed', { daemon: a.address, keyFile: cluster.key.file });
+  clients.push(big as unknown as Client<Counter>);
+  assert.is(await big.fill(words, 40), words);
+  const figures = breakdown(await cluster.migrate('tailed', a, b, ['--grace', '1']));
+  assert.is(await big.size(), words);
+  for (const i of [0, 1, 12_345, words - 1]) assert.is(await big.lookup(`word${i}`), `meaning ${i} ${'x'.repeat(28)}`);
+  const said = new RegExp(`migration \\S+: (\\d+) of the state's ${figures.state_bytes} bytes went while the server wrote them`).exec(a.stderr());
+  assert.ok(said, `the source says what went while the server wrote: ${a.stderr().split('\n').filter((line) => line.includes('tailed') || line.includes('bytes went')).slice(-5).join(' | ')}`);
+  assert.ok(Number(said![1]) > 0, `${said![1]} bytes went while the server wrote`);
 });
 
 test('exactly once: 8 clients pipelining increments while the counter moves A->B->A->B', async () => {

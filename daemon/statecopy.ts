@@ -1,0 +1,106 @@
+// A large state file goes to the destination while its server still writes it (DESIGN §3
+// step 3), so that the copy overlaps the snapshot instead of following it. A snapshot
+// (runtime/statefile.ts, `takeSnapshot`) leaves room for its header, writes the body after it
+// in order as it is encoded, then the header, and renames the whole into place. So every byte
+// past those in the file when it is first seen is final once written: the body goes as the
+// file grows, and the first bytes seen, where the header lands, go last, once the server has
+// reported. A state sent inline (small) never has a file, and nothing is read.
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { Window } from './copy.js';
+
+/** How often a growing file is looked at. */
+const POLL_MS = 2;
+/** Reads, and pieces sent, of at most this many bytes. */
+const PIECE_BYTES = 1 << 20;
+const WINDOW = 16;
+/** A snapshot that takes longer is not waited for here: the server's own timeout ends the move. */
+const MOST_POLLS = 1_000_000;
+
+export type SendPiece = (offset: number, bytes: Uint8Array, final: boolean) => Promise<unknown>;
+
+/** What went while the file grew: bytes [held, sent); [0, held) wait for the end. */
+export interface Tailed {
+  held: number;
+  sent: number;
+}
+
+/**
+ * Sends `temporary`'s bytes as they are written, until `reported` settles or `ended()` (the
+ * move is over); undefined when no file appeared (an inline state, or a snapshot that failed
+ * before its file).
+ */
+export async function tailSnapshot(temporary: string, send: SendPiece, reported: Promise<unknown>, ended: () => boolean): Promise<Tailed | undefined> {
+  let settled = false;
+  reported.then(() => (settled = true), () => (settled = true));
+  const over = () => settled || ended();
+  const window = new Window(WINDOW);
+  let fd: number | undefined;
+  let held = 0;
+  let sent = 0;
+  try {
+    for (let poll = 0; !over() && poll < MOST_POLLS; poll++) {
+      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      fd ??= openIfThere(temporary);
+      if (fd === undefined) continue;
+      const size = fstatSync(fd).size;
+      if (held === 0) {
+        held = sent = size;
+        continue;
+      }
+      for (; sent < size && !over(); sent += PIECE_BYTES) {
+        const bytes = Buffer.allocUnsafe(Math.min(PIECE_BYTES, size - sent));
+        readAll(fd, bytes, sent);
+        await window.add(send(sent, bytes, false));
+      }
+      sent = Math.min(sent, size);
+    }
+    await window.drain();
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  return fd === undefined || held === 0 ? undefined : { held, sent };
+}
+
+/**
+ * Sends the rest of the state file at `path`, now whole: what the tail did not send, then the
+ * first bytes, the header among them, marked final. Returns the file's size.
+ */
+export async function sendRest(path: string, tailed: Tailed, send: SendPiece): Promise<number> {
+  const file = await open(path, 'r');
+  try {
+    const { size } = await file.stat();
+    if (size < tailed.sent) throw new Error(`the state file shrank to ${size} bytes after ${tailed.sent} were sent`);
+    const window = new Window(WINDOW);
+    for (let offset = tailed.sent; offset < size; offset += PIECE_BYTES) {
+      const bytes = Buffer.allocUnsafe(Math.min(PIECE_BYTES, size - offset));
+      await file.read(bytes, 0, bytes.length, offset);
+      await window.add(send(offset, bytes, false));
+    }
+    for (let offset = 0; offset < tailed.held; offset += PIECE_BYTES) {
+      const bytes = Buffer.allocUnsafe(Math.min(PIECE_BYTES, tailed.held - offset));
+      await file.read(bytes, 0, bytes.length, offset);
+      await window.add(send(offset, bytes, offset + bytes.length === tailed.held));
+    }
+    await window.drain();
+    return size;
+  } finally {
+    await file.close();
+  }
+}
+
+function openIfThere(path: string): number | undefined {
+  try {
+    return openSync(path, 'r');
+  } catch {
+    return undefined;
+  }
+}
+
+function readAll(fd: number, bytes: Uint8Array, position: number): void {
+  for (let done = 0; done < bytes.length;) {
+    const read = readSync(fd, bytes, done, bytes.length - done, position + done);
+    if (read === 0) throw new Error(`the state file ended at ${position + done} bytes while being read`);
+    done += read;
+  }
+}
