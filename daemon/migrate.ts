@@ -297,14 +297,13 @@ export class Coordinator {
     move.progress.begin('copy', move.figures.state_bytes);
     const send = stateSender(move, this.ctx.log, () => sent.resolve());
     const piece: SendPiece = (offset, bytes, final) => send(offset, bytes, final).then(() => move.progress.add(bytes.length));
-    const tailed = await move.tailed;
-    if (tailed) move.progress.add(tailed.sent - tailed.held);
+    const tailed = move.state ? undefined : await move.tailed;
     if (move.state) await piece(0, move.state, true);
     else if (tailed) {
+      move.progress.add(tailed.sent - tailed.held);
       const size = await sendRest(move.statePath, tailed, piece);
       this.ctx.log(`migration ${move.id}: ${tailed.sent - tailed.held} of the state's ${size} bytes went while the server wrote them`);
-    }
-    else await sendFile(move.statePath, piece);
+    } else await sendFile(move.statePath, piece);
     move.figures.copy_ms += performance.now() - started;
   }
 

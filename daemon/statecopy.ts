@@ -32,7 +32,7 @@ export interface Tailed {
  */
 export async function tailSnapshot(temporary: string, send: SendPiece, reported: Promise<unknown>, ended: () => boolean): Promise<Tailed | undefined> {
   let settled = false;
-  reported.then(() => (settled = true), () => (settled = true));
+  const settling = reported.then(() => (settled = true), () => (settled = true));
   const over = () => settled || ended();
   const window = new Window(WINDOW);
   let fd: number | undefined;
@@ -40,7 +40,9 @@ export async function tailSnapshot(temporary: string, send: SendPiece, reported:
   let sent = 0;
   try {
     for (let poll = 0; !over() && poll < MOST_POLLS; poll++) {
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      // The report ends the wait at once: a small state's copy must not wait for a poll.
+      await Promise.race([new Promise((resolve) => setTimeout(resolve, POLL_MS)), settling]);
+      if (over()) break;
       fd ??= openIfThere(temporary);
       if (fd === undefined) continue;
       const size = fstatSync(fd).size;
