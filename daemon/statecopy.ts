@@ -50,12 +50,8 @@ export async function tailSnapshot(temporary: string, send: SendPiece, reported:
         held = sent = size;
         continue;
       }
-      for (; sent < size && !over(); sent += PIECE_BYTES) {
-        const bytes = Buffer.allocUnsafe(Math.min(PIECE_BYTES, size - sent));
-        readAll(fd, bytes, sent);
-        await window.add(send(sent, bytes, false));
-      }
-      sent = Math.min(sent, size);
+      const reading = fd;
+      sent = await sendRange(sent, size, (bytes, at) => readAll(reading, bytes, at), send, window, { stop: over });
     }
     await window.drain();
   } finally {
@@ -74,21 +70,32 @@ export async function sendRest(path: string, tailed: Tailed, send: SendPiece): P
     const { size } = await file.stat();
     if (size < tailed.sent) throw new Error(`the state file shrank to ${size} bytes after ${tailed.sent} were sent`);
     const window = new Window(WINDOW);
-    for (let offset = tailed.sent; offset < size; offset += PIECE_BYTES) {
-      const bytes = Buffer.allocUnsafe(Math.min(PIECE_BYTES, size - offset));
-      await file.read(bytes, 0, bytes.length, offset);
-      await window.add(send(offset, bytes, false));
-    }
-    for (let offset = 0; offset < tailed.held; offset += PIECE_BYTES) {
-      const bytes = Buffer.allocUnsafe(Math.min(PIECE_BYTES, tailed.held - offset));
-      await file.read(bytes, 0, bytes.length, offset);
-      await window.add(send(offset, bytes, offset + bytes.length === tailed.held));
-    }
+    const read = (bytes: Buffer, at: number) => file.read(bytes, 0, bytes.length, at);
+    await sendRange(tailed.sent, size, read, send, window);
+    await sendRange(0, tailed.held, read, send, window, { final: true });
     await window.drain();
     return size;
   } finally {
     await file.close();
   }
+}
+
+/**
+ * Sends bytes [from, to) in pieces, each read by `read` at its offset, through `window`; the
+ * last `final` if told. Stops early when `stop()`. Returns where it stopped.
+ */
+async function sendRange(
+  from: number, to: number, read: (bytes: Buffer, at: number) => unknown, send: SendPiece, window: Window,
+  { final = false, stop = () => false }: { final?: boolean; stop?: () => boolean } = {},
+): Promise<number> {
+  let at = from;
+  while (at < to && !stop()) {
+    const bytes = Buffer.allocUnsafe(Math.min(PIECE_BYTES, to - at));
+    await read(bytes, at);
+    await window.add(send(at, bytes, final && at + bytes.length === to));
+    at += bytes.length;
+  }
+  return at;
 }
 
 function openIfThere(path: string): number | undefined {
