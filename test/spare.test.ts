@@ -147,6 +147,11 @@ test('a CommonJS program moves through a spare too, warm the second time', async
   const again = standbyOf(b, 'cjs', 1);
   assert.ok(again.spare);
   assert.is((await client.hello()).pid, again.pid);
+  // The spare's warm-up ran the console's code without writing: the program's log holds its own lines.
+  const log = [...b.stderr().matchAll(/standby for cjs pid \d+ \(a spare\) \(log (.+)\)/g)][1]?.[1];
+  assert.ok(log, `no log named for the second standby in:\n${b.stderr()}`);
+  const lines = readFileSync(log, 'utf8').split('\n').filter((line) => line !== '');
+  assert.equal(lines.filter((line) => !line.startsWith('rpcmig')), [`listening ${(await cluster.serving(b, 'cjs')).address}`], `the log: ${lines.join(' | ')}`);
   await cluster.end([a, b]);
 });
 
