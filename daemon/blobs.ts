@@ -182,6 +182,7 @@ export class BlobStore {
    */
   async checkpoint(): Promise<void> {
     clearTimeout(this.timer);
+    this.timer = undefined;
     const seen = this.installs;
     const hashes = [...this.unsynced];
     await forEachLimit(hashes, SYNC_CONCURRENCY, (hash) => syncFile(this.path(hash)));
@@ -215,8 +216,9 @@ export class BlobStore {
     return changed;
   }
 
+  /** (Re)starts the checkpoint's clock; refreshing one timer costs less than a new one per blob. */
   private schedule(): void {
-    clearTimeout(this.timer);
+    if (this.timer !== undefined) return void this.timer.refresh();
     this.timer = setTimeout(() => void this.checkpoint().catch(() => undefined), CHECKPOINT_DELAY_MS);
     this.timer.unref();
   }
