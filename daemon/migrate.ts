@@ -20,7 +20,7 @@ import { Meter, type Progress } from './progress.js';
 import { sendRest, tailSnapshot, type SendPiece } from './statecopy.js';
 import { temporaryOf } from '../runtime/statefile.js';
 import {
-  callPeer, COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, pacedCalls, ProgramChanged, QUIESCE_TIMEOUT_MS, retireLater, snapshotFailure, START_TIMEOUT_MS, stateSender, STEP_TIMEOUT_MS, stoppedAt, touch, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step,
+  callPeer, COMMITTED_KEPT, describe, failure, firstReply, INLINE_STATE_MAX, pacedCalls, ProgramChanged, QUIESCE_TIMEOUT_MS, hostClockOffset, retireLater, snapshotFailure, START_TIMEOUT_MS, stateSender, STEP_TIMEOUT_MS, stoppedAt, touch, type Breakdown, type MigrateRequest, type Move, type SourceContext, type Step,
 } from './move.js';
 
 export class Coordinator {
@@ -376,7 +376,11 @@ export class Coordinator {
     await this.probe(move);
     const now = move.answered ?? performance.now();
     move.figures.total_ms = now - move.received;
-    move.figures.pause_ms = now - (move.stopped ?? move.orderTaken ?? now);
+    const stopped = move.stopped ?? move.orderTaken ?? now;
+    move.figures.pause_ms = now - stopped;
+    const offset = hostClockOffset();
+    move.figures.stopped_at = stopped + offset;
+    move.figures.answered_at = now + offset;
     move.figures.address = address;
     this.ctx.log(`migration ${move.id}: ${move.server.name} moved to ${address} in ${move.figures.total_ms.toFixed(1)} ms`);
     return move.figures;

@@ -47,6 +47,13 @@ export interface Breakdown {
   to: string;
   /** Where the moved server listens. */
   address: string;
+  /**
+   * The pause's two ends, the server's stop and the new host's first reply, on the source
+   * host's monotonic clock (ms, `monotonicMs`): a client on that host tells by them which of
+   * its calls the move held.
+   */
+  stopped_at?: number;
+  answered_at?: number;
 }
 
 export type Step = 'order' | 'prepare' | 'signal' | 'quiesce' | 'snapshot' | 'copy' | 'start' | 'commit';
@@ -159,6 +166,11 @@ export function snapshotFailure(report: SnapshotReport): string | undefined {
   return typeof report.error === 'string' ? report.error : undefined;
 }
 
+/** What turns an instant of this process's `performance.now()` clock into one of the host's monotonic clock. */
+export function hostClockOffset(): number {
+  return monotonicMs() - performance.now();
+}
+
 /**
  * When the server stopped taking calls, on this process's `performance.now()` clock: the
  * instant its report gives on the host's monotonic clock, if that lies between the order's
@@ -166,10 +178,8 @@ export function snapshotFailure(report: SnapshotReport): string | undefined {
  * and the pause counts from the order's taking, as it does for a runtime that does not say.
  */
 export function stoppedAt(report: SnapshotReport, orderTaken: number | undefined): number | undefined {
-  const ago = monotonicMs() - (report.stopped_at ?? Number.NaN);
-  const now = performance.now();
-  const stopped = now - ago;
-  return orderTaken !== undefined && ago >= 0 && stopped >= orderTaken ? stopped : undefined;
+  const stopped = (report.stopped_at ?? Number.NaN) - hostClockOffset();
+  return orderTaken !== undefined && stopped >= orderTaken && stopped <= performance.now() ? stopped : undefined;
 }
 
 /**

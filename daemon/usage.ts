@@ -121,7 +121,10 @@ Options:
                          process exits (default: 60)
 ${DAEMON_OPTION}
   --json                 print {"quiesce_ms","snapshot_ms","copy_ms","start_ms","total_ms",
-                         "pause_ms","state_bytes","program_bytes_sent","from","to","address"}
+                         "pause_ms","state_bytes","program_bytes_sent","from","to","address",
+                         "stopped_at","answered_at"}: the last two are the pause's ends,
+                         the server's stop and the new host's first reply, in ms on the
+                         source host's monotonic clock (process.hrtime)
 ${KEY_OPTION}
 ${HELP_OPTION}
 `,

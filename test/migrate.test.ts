@@ -61,7 +61,7 @@ test('rdict moves to B and back: every word and the lookup count arrive exactly'
   for (let i = 0; i < 1000; i++) await dict.insert(`word${i}`, `meaning ${i}`);
   for (let i = 0; i < 10; i++) assert.is(await dict.lookup(`word${i * 7}`), `meaning ${i * 7}`);
   const there = breakdown(await cluster.migrate('rdict', a, b, ['--grace', '1']));
-  for (const field of ['quiesce_ms', 'snapshot_ms', 'copy_ms', 'start_ms', 'total_ms', 'pause_ms', 'state_bytes', 'program_bytes_sent']) {
+  for (const field of ['quiesce_ms', 'snapshot_ms', 'copy_ms', 'start_ms', 'total_ms', 'pause_ms', 'state_bytes', 'program_bytes_sent', 'stopped_at', 'answered_at']) {
     assert.type(there[field], 'number', field);
   }
   assert.is(there.from, a.address);
@@ -156,11 +156,20 @@ test('a call executing at the order replies from the source; one arriving mid-mo
   await new Promise((resolve) => setTimeout(resolve, 100));
   const moving = cluster.migrate(name, a, b, ['--grace', '1']);
   assert.ok(await waitFor(() => started.stderr().includes('serving -> quiescing'), 10_000), 'the server took the order');
+  const sent = monotonicMs();
   const during = client.where();
   assert.is(await slow, 1);
   const arrived = await during;
+  const answered = monotonicMs();
   assert.is.not(arrived.pid, pid, 'the call held during the move ran at the destination');
   const figures = breakdown(await moving);
+  // The pause's ends are instants of the host's monotonic clock, which this process shares: the
+  // server stopped before the held call was sent (it was sent once the server said so), and the
+  // new host answered after that.
+  const [from, to] = [figures.stopped_at as number, figures.answered_at as number];
+  assert.ok(from <= sent && sent < to && to <= monotonicMs(), `stopped_at ${from}, sent ${sent}, answered_at ${to}, now ${monotonicMs()}`);
+  assert.ok(Math.abs(to - from - (figures.pause_ms as number)) < 0.01, `answered_at - stopped_at = ${to - from}, pause_ms ${figures.pause_ms}`);
+  assert.ok(answered > from, `the held call's answer came after the stop (${answered} > ${from})`);
   assert.ok((figures.quiesce_ms as number) > 300, `quiesce_ms ${figures.quiesce_ms} waited for the slow call`);
   // The held call waited from the server's stop, through the slow call, to the new host's answer.
   assert.ok((figures.pause_ms as number) >= (figures.quiesce_ms as number), `pause_ms ${figures.pause_ms} counts the quiesce (${figures.quiesce_ms})`);
