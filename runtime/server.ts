@@ -7,7 +7,7 @@ import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, CompletionRecords, HELLO, type SavedRecords } from './records.js';
 import { failpoint } from './failpoints.js';
-import { INTERNAL_PREFIX, registerInternal, RESTORE_ENV, restoredKeys, restoreInternal, unregisterInternal, warmCodec } from './state.js';
+import { INTERNAL_PREFIX, registerInternal, rehearseSnapshot, RESTORE_ENV, restoredKeys, restoreInternal, unregisterInternal, warmCodec } from './state.js';
 import { register, type MigrationReport, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
 
@@ -31,6 +31,14 @@ export const DEFAULT_RECORD_LEASE_MS = 60_000;
 const STALE_GRACE_MS = 60_000;
 /** When a server that can migrate compiles its snapshot code (see warmCodec). */
 const WARM_CODEC_AFTER_MS = 500;
+const WARM_AFTER_RESTORE_MS = 100;
+/**
+ * A restored state at most this large is encoded this many times then, for the codec to meet
+ * its shapes (see rehearseSnapshot): at most ~15 ms of CPU here. After three rounds, rdict's
+ * state of 40 KB takes ~0.3 ms to encode; before the first, 1–8 ms.
+ */
+const REHEARSE_MAX_BYTES = 256 * 1024;
+const REHEARSE_ROUNDS = 3;
 
 export interface Server {
   readonly name: string;
@@ -361,7 +369,12 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   if (server.registration) {
     server.cleanups.push(takeOrders(server.registration, server, log));
     // Off the start-up path, well before any order: the first snapshot then runs compiled code.
-    setTimeout(() => warmCodec(), WARM_CODEC_AFTER_MS).unref();
+    // A restored server's start-up is over (its clients' calls came back within milliseconds),
+    // and it may be moved on soon: it warms up sooner.
+    setTimeout(() => {
+      warmCodec();
+      rehearseSnapshot(REHEARSE_MAX_BYTES, REHEARSE_ROUNDS);
+    }, process.env[RESTORE_ENV] ? WARM_AFTER_RESTORE_MS : WARM_CODEC_AFTER_MS).unref();
   } else {
     const ignore = () => log('SIGUSR2, but this server has no daemon to take a migration order from; ignored');
     process.on('SIGUSR2', ignore);

@@ -55,11 +55,16 @@ export function gateRestore(wait: () => void): void {
   gate = wait;
 }
 
+/** The size of the state file this process restored from; undefined until it restores. */
+let restoredBytes: number | undefined;
+
 function readRestoreFile(path: string): Buffer {
   const wait = gate;
   gate = undefined;
   wait?.();
-  return readFileSync(path);
+  const file = readFileSync(path);
+  restoredBytes = file.length;
+  return file;
 }
 
 export function program(current: Manifest): ProgramState {
@@ -149,6 +154,27 @@ export function warmCodec(thorough = false): void {
     for (let i = 0; i < THOROUGH_WARM_ROUNDS; i++) round({ words, records });
     warmed = 'thoroughly';
   }
+}
+
+/**
+ * Encodes this process's own state `rounds` times and drops it, if the process restored from a
+ * state file of at most `maxBytes` (a state that size is likely still about that size): V8
+ * then compiles the codec for the shapes this program's variables have, which a warm-up's
+ * made-up state does not show it, and the next snapshot, a move's, runs that code. Returns
+ * whether it ran.
+ */
+export function rehearseSnapshot(maxBytes: number, rounds: number): boolean {
+  if (restoredBytes === undefined || restoredBytes > maxBytes) return false;
+  try {
+    for (let round = 0; round < rounds; round++) {
+      const { values, fingerprints } = registered();
+      stateFileParts(fingerprints, encodeGraph(values, classKeyOf));
+    }
+  } catch {
+    // A state that cannot be encoded now fails a move's snapshot too, which reports why.
+    return false;
+  }
+  return true;
 }
 
 const WARM_KEY = `${INTERNAL_PREFIX}warm-up`;

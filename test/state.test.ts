@@ -53,6 +53,14 @@ test('every supported type, shared reference and cycle is restored by another pr
   assert.is(result.code, 0);
 });
 
+test('a restored process rehearses its snapshot, changing nothing, only if its state file was at most the size given', () => {
+  const size = readFileSync(saved).length;
+  const rehearse = (max: number, env: Record<string, string>) => run(['rehearse', String(max)], env).stdout.trim();
+  assert.is(rehearse(size, { RPCMIG_RESTORE: saved }), 'rehearsed: true; the state is unchanged');
+  assert.is(rehearse(size - 1, { RPCMIG_RESTORE: saved }), 'rehearsed: false; the state is unchanged');
+  assert.is(rehearse(size, {}), 'rehearsed: false; the state is unchanged', 'a process that did not restore');
+});
+
 test('a variable the new build adds starts from its initialiser, and the log says so', () => {
   const result = restoreFrom(saved, 'new');
   assert.is(result.stdout.trim(), 'verdict: ok');

@@ -2,8 +2,10 @@
 // builds every supported kind of value and writes the snapshot; started with RPCMIG_RESTORE
 // it restores and prints `verdict: ok` or what differs. STATE_BUILD=changed|missing|new
 // makes it a different build (a changed type, a removed variable, an added variable).
+// `rehearse MAX_BYTES` rehearses a snapshot (rehearseSnapshot) and prints whether it ran and
+// whether the state is as before.
 import { readFileSync } from 'node:fs';
-import { captureState, program, writeSnapshot } from '../../runtime/state.js';
+import { captureState, program, rehearseSnapshot, writeSnapshot } from '../../runtime/state.js';
 import { sameGraph } from '../helpers/same-graph.js';
 
 class Session {
@@ -87,7 +89,11 @@ if (!restoring) actual.nested = { ...(actual.nested as object), later: new Later
 expected.nested = { ...(expected.nested as object), later: new Later(7) };
 
 const [mode, file] = process.argv.slice(2);
-if (mode === 'save') {
+if (mode === 'rehearse') {
+  const before = captureState();
+  const ran = rehearseSnapshot(Number(file), 3);
+  console.log(`rehearsed: ${ran}; the state ${captureState().equals(before) ? 'is unchanged' : 'changed'}`);
+} else if (mode === 'save') {
   // What a migration's snapshot streams to its file is what captureState() makes in memory.
   const size = writeSnapshot(file);
   console.log(readFileSync(file).equals(captureState()) ? `saved ${size} bytes` : 'the snapshot differs from captureState()');
