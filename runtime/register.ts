@@ -19,7 +19,7 @@ export interface Registration {
 export const ARRIVAL_ENV = 'RPCMIG_ARRIVAL';
 
 /** What the daemon records to start this program again elsewhere (the migration issue). */
-function programRecord(name: string, address: string, epoch: number): Record<string, unknown> {
+export function programRecord(name: string, address: string, epoch: number): Record<string, unknown> {
   const entry = process.argv[1] ? resolve(process.argv[1]) : '';
   const arrival = process.env[ARRIVAL_ENV];
   return {

@@ -1,12 +1,13 @@
 // The MessagePack-RPC server behind `serve()`: many connections, many calls in flight on
 // each, replies sent as calls finish. Bad input is answered BAD_REQUEST where the msgid can be
 // read and closes that one connection where it cannot; nothing a peer sends stops the server.
-import { createServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net';
+import type { AddressInfo, Server as NetServer, Socket } from 'node:net';
 import { RpcmigError, type WireError } from './errors.js';
 import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, CompletionRecords, HELLO, type SavedRecords } from './records.js';
 import { failpoint } from './failpoints.js';
+import { listening } from './listener.js';
 import { INTERNAL_PREFIX, registerInternal, rehearseSnapshot, RESTORE_ENV, restoredKeys, restoreInternal, unregisterInternal, warmCodec } from './state.js';
 import { register, type MigrationReport, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
@@ -297,16 +298,6 @@ function envPort(): number | undefined {
   return text && /^\d{1,5}$/.test(text) ? Number(text) : undefined;
 }
 
-function listen(net: NetServer, host: string, port: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    net.once('error', reject);
-    net.listen(port, host, () => {
-      net.off('error', reject);
-      resolve();
-    });
-  });
-}
-
 const EPOCH_PREFIX = `${INTERNAL_PREFIX}epoch:`;
 
 /**
@@ -329,7 +320,8 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   assertOwnState(name);
   // A daemon starting a moved server sets RPCMIG_HOST: the host written in the code was the old one's.
   const host = process.env.RPCMIG_HOST || options.host || '127.0.0.1';
-  const net = createServer({ noDelay: true });
+  // Listening before the server takes connections: it attaches its handler before the next event.
+  const net = await listening(host, options.port ?? envPort() ?? 0);
   const lease = options.recordLease ?? (Number(process.env.RPCMIG_RECORD_LEASE_MS) || DEFAULT_RECORD_LEASE_MS);
   const server = new RpcServer(name, procedures, net, options.maxFrame ?? DEFAULT_MAX_FRAME, lease);
   // The completion records travel in the state file, so a resend after a move is answered too.
@@ -344,7 +336,6 @@ export async function serve<T extends object>(name: string, procedures: T, optio
   server.epoch = typeof savedEpoch === 'number' ? savedEpoch + 1 : 0;
   registerInternal(epochKey, () => server.epoch);
   server.cleanups.push(() => unregisterInternal(epochKey));
-  await listen(net, host, options.port ?? envPort() ?? 0);
   const bound = net.address() as AddressInfo;
   server.address = formatAddress({ host, port: bound.port });
   net.on('error', (error) => process.stderr.write(`rpcmig: ${name}: ${error.message}\n`));

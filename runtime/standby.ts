@@ -20,7 +20,8 @@ import { connect } from './client.js';
 import { DEFAULT_RECORD_LEASE_MS, serve } from './server.js';
 import { CompletionRecords } from './records.js';
 import { gateRestore, RESTORE_ENV, STANDBY_ENV, warmCodec } from './state.js';
-import { adoptLink } from './register.js';
+import { adoptLink, programRecord } from './register.js';
+import { listenAhead } from './listener.js';
 import './index.js';
 
 /** Calls a thorough warm-up makes: enough to fill and grow a client's completion records, as a served client does. */
@@ -52,6 +53,8 @@ async function warmUp(thorough: boolean): Promise<void> {
   restored.close();
   await client.close();
   await server.close();
+  // What a server sends its daemon when it registers (its package root found on disk).
+  programRecord('rpcmig-warm-up', server.address, 0);
   // A program's first line of output opens the stream (~2–5 ms cold) and runs console's code,
   // formatting included (~1.3 ms more, once the stream is open): through a console of its own
   // that writes nowhere, so that the program's log shows nothing of it.
@@ -91,7 +94,8 @@ async function main(): Promise<void> {
   const id = process.env[STANDBY_ENV];
   const [entry, ...argv] = process.argv.slice(2);
   if (!id || !entry) throw new Error(`usage: ${STANDBY_ENV}=<id> node standby.js ENTRY [ARG ...]`);
-  const [link] = await Promise.all([openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey()), prepare()]);
+  // The server's socket too is bound now, on the host its daemon gives it (see serve).
+  const [link] = await Promise.all([openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey()), prepare(), listenAhead(process.env.RPCMIG_HOST || '127.0.0.1')]);
   const { statePath } = (await link.call('standby', [id])) as { statePath: string };
   delete process.env[STANDBY_ENV];
   process.env[RESTORE_ENV] = statePath;
