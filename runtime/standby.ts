@@ -95,10 +95,11 @@ async function main(): Promise<void> {
   const [entry, ...argv] = process.argv.slice(2);
   if (!id || !entry) throw new Error(`usage: ${STANDBY_ENV}=<id> node standby.js ENTRY [ARG ...]`);
   // The server's socket too is bound now, on the host its daemon gives it (see serve); after
-  // the warm-up, whose own server would take it otherwise.
+  // the warm-up, whose own server would take it otherwise. Should that fail, serve() binds as
+  // it would have, and says why if it cannot either.
   const [link] = await Promise.all([
     openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey()),
-    prepare().then(() => listenAhead(process.env.RPCMIG_HOST || '127.0.0.1')),
+    prepare().then(() => listenAhead(process.env.RPCMIG_HOST || '127.0.0.1').catch(() => undefined)),
   ]);
   const { statePath } = (await link.call('standby', [id])) as { statePath: string };
   delete process.env[STANDBY_ENV];

@@ -44,6 +44,15 @@ test('a server that asks for another host binds its own, and the socket bound ah
   assert.is(await connectRaw('127.0.0.1', port), 'refused');
 });
 
+test('binding ahead on an address this host lacks fails, and serve() binds its own as before', async () => {
+  // 192.0.2.0/24 is reserved for documentation: no host has it.
+  const failed = await listenAhead('192.0.2.1').then(() => undefined, (error: NodeJS.ErrnoException) => error.code);
+  assert.is(failed, 'EADDRNOTAVAIL');
+  const server = await serve('listener-unbound', { ping: () => 'pong' }, { daemon: false });
+  servers.push(server);
+  assert.match(server.address, /^127\.0\.0\.1:\d+$/);
+});
+
 test('a socket bound ahead does not keep its process alive', () => {
   const listener = join(__dirname, '..', 'runtime', 'listener.js');
   const result = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(listener)}).listenAhead('127.0.0.1').then((port) => console.log('bound ' + port))`], { encoding: 'utf8', timeout: 10_000 });
