@@ -7,6 +7,14 @@ import { createServer, type AddressInfo, type Server as NetServer, type Socket }
 
 let ahead: { net: NetServer; host: string } | undefined;
 
+/**
+ * The host a server listens on: `RPCMIG_HOST` when set (a daemon starting a moved server sets
+ * it: the host written in the code was the old one's), else the one asked for, else loopback.
+ */
+export function serverHost(asked?: string): string {
+  return process.env.RPCMIG_HOST || asked || '127.0.0.1';
+}
+
 /** Binds a listening socket on `host`, any port, for the first server this process starts; resolves with the port. */
 export async function listenAhead(host: string): Promise<number> {
   const net = createServer({ noDelay: true });

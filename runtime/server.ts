@@ -7,7 +7,7 @@ import { formatAddress } from './daemonlink.js';
 import { Migration, takeOrders, type Movable } from './migrating.js';
 import { ClientRecords, CompletionRecords, HELLO, type SavedRecords } from './records.js';
 import { failpoint } from './failpoints.js';
-import { listening } from './listener.js';
+import { listening, serverHost } from './listener.js';
 import { INTERNAL_PREFIX, registerInternal, rehearseSnapshot, RESTORE_ENV, restoredKeys, restoreInternal, unregisterInternal, warmCodec } from './state.js';
 import { register, type MigrationReport, type Registration } from './register.js';
 import { DEFAULT_MAX_FRAME, NOTIFICATION, Outbox, REQUEST, RESPONSE, readMessages, validate } from './wire.js';
@@ -318,8 +318,7 @@ function assertOwnState(name: string): void {
  */
 export async function serve<T extends object>(name: string, procedures: T, options: ServeOptions = {}): Promise<Server> {
   assertOwnState(name);
-  // A daemon starting a moved server sets RPCMIG_HOST: the host written in the code was the old one's.
-  const host = process.env.RPCMIG_HOST || options.host || '127.0.0.1';
+  const host = serverHost(options.host);
   // Listening before the server takes connections: it attaches its handler before the next event.
   const net = await listening(host, options.port ?? envPort() ?? 0);
   const lease = options.recordLease ?? (Number(process.env.RPCMIG_RECORD_LEASE_MS) || DEFAULT_RECORD_LEASE_MS);

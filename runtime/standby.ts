@@ -21,7 +21,7 @@ import { DEFAULT_RECORD_LEASE_MS, serve } from './server.js';
 import { CompletionRecords } from './records.js';
 import { gateRestore, RESTORE_ENV, STANDBY_ENV, warmCodec } from './state.js';
 import { adoptLink, programRecord } from './register.js';
-import { listenAhead } from './listener.js';
+import { listenAhead, serverHost } from './listener.js';
 import './index.js';
 
 /** Calls a thorough warm-up makes: enough to fill and grow a client's completion records, as a served client does. */
@@ -99,7 +99,7 @@ async function main(): Promise<void> {
   // it would have, and says why if it cannot either.
   const [link] = await Promise.all([
     openDaemon(process.env.RPCMIG_DAEMON ?? '127.0.0.1:4111', loadKey()),
-    prepare().then(() => listenAhead(process.env.RPCMIG_HOST || '127.0.0.1').catch(() => undefined)),
+    prepare().then(() => listenAhead(serverHost()).catch(() => undefined)),
   ]);
   const { statePath } = (await link.call('standby', [id])) as { statePath: string };
   delete process.env[STANDBY_ENV];
