@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { RpcmigError } from '../runtime/errors.js';
 import { forEachLimit } from './manifest.js';
-import { Blanks } from './blanks.js';
+import { Blanks, DIRS_PER_BLANK } from './blanks.js';
 import { DEFAULT_LIMITS, isFileEntry, type Manifest } from './validate.js';
 
 const HASH = /^[0-9a-f]{64}$/;
@@ -37,7 +37,7 @@ const CHECKPOINT_DELAY_MS = 60_000;
 const SYNC_CONCURRENCY = 4;
 
 export interface StoreOptions {
-  /** Blank files to keep ready (see blanks.ts); none unless told. */
+  /** Blank files to keep ready (see blanks.ts), and a quarter as many blank directories; none unless told. */
   blanks?: number;
   log?: (line: string) => void;
   /** Whether blanks may be made now: no move is under way. */
@@ -61,9 +61,12 @@ export class BlobStore {
   private temporaries = 0;
   /** Empty files in `<spool>/blobs/blank/`, written instead of creating new ones. */
   readonly blanks: Blanks;
+  /** Empty directories in `<spool>/blobs/blank-dirs/`, renamed into the trees of arriving programs (materialize.ts). */
+  readonly blankDirs: Blanks;
 
   private constructor(readonly dir: string, { blanks = 0, log = () => undefined, idle = () => true }: StoreOptions) {
     this.blanks = new Blanks(join(dir, 'blank'), blanks, log, idle);
+    this.blankDirs = new Blanks(join(dir, 'blank-dirs'), Math.ceil(blanks * DIRS_PER_BLANK), log, idle, true);
   }
 
   /**
@@ -78,12 +81,14 @@ export class BlobStore {
     await store.dropFanOut();
     await store.recover();
     await store.blanks.open();
+    await store.blankDirs.open();
     return store;
   }
 
   /** Stops making blanks. */
   close(): void {
     this.blanks.close();
+    this.blankDirs.close();
   }
 
   /**

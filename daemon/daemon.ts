@@ -17,6 +17,7 @@ import { DEFAULT_SPARES, end, Spares } from './launch.js';
 import { keyFileFor, prepareSpool } from './spool.js';
 import { Forwards } from './forwards.js';
 import { Coordinator } from './migrate.js';
+import { Programs } from './programs.js';
 import { checkMigrate, type SourceContext } from './move.js';
 import { Recovery } from './recover.js';
 import { checkName, checkRegistration, isAlive, isMoveId, Names, type Listing, type Registration, type Server } from './names.js';
@@ -43,7 +44,7 @@ export interface DaemonOptions {
   maxConnectionsPerPeer?: number;
   /** Node processes kept started for moves to this host (`--spares`): their standbys skip Node's start-up. Default 1. */
   spares?: number;
-  /** Empty files kept ready for the blobs of programs arriving here (`--blanks`): creating files is a first move's cost. Default DEFAULT_BLANKS. */
+  /** Empty files kept ready for the blobs of programs arriving here (`--blanks`), and a quarter as many directories for their trees: creating them is a first move's cost. Default DEFAULT_BLANKS. */
   blanks?: number;
   /** One line per event, without a prefix or newline. */
   log: (line: string) => void;
@@ -94,6 +95,8 @@ class NameDaemon implements Daemon {
   private readonly names: Names;
   private readonly forwards: Forwards;
   private readonly coordinator: Coordinator;
+  /** The program trees of the servers here, walked in a thread of their own (programs.ts). */
+  private readonly programs: Programs;
   private readonly recovery: Recovery;
   private readonly lookups: LookupContext;
   private readonly arrivals: Arrivals;
@@ -133,10 +136,11 @@ class NameDaemon implements Daemon {
     this.advertised = formatAddress(options.advertise ?? address);
     this.names = new Names(this.advertised);
     this.forwards = new Forwards(options.dir, options.log);
+    this.programs = new Programs([options.dir], options.log);
     const log = options.log;
     const source: SourceContext = {
       key: options.key, spool: options.dir, advertised: this.advertised, daemonId: this.id,
-      names: this.names, forwards: this.forwards, log,
+      names: this.names, forwards: this.forwards, programs: this.programs, log,
       notify: (server, method, params) => this.notify(server, method, params),
       arrivingFrom: (server) => (server.arrival === undefined ? undefined : this.arrivals.uncommitted(server.arrival)),
     };
@@ -149,7 +153,7 @@ class NameDaemon implements Daemon {
       spool: options.dir, key: options.key, store, log, spares: this.spares, serverEnv,
       confirm: (name, id) => this.confirm(name, id),
       evict: (name, id) => this.evict(name, id),
-      built: (root, manifest, program) => this.coordinator.arrived(root, manifest, program),
+      built: (root, manifest, program) => this.programs.arrived(root, manifest, program),
       serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
     });
     this.lookups = {
@@ -180,7 +184,7 @@ class NameDaemon implements Daemon {
     clearInterval(this.sweeper);
     this.spares.close();
     this.store.close();
-    this.coordinator.close();
+    this.programs.close();
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     for (const socket of this.sockets) socket.destroy();
     await closed;
@@ -307,6 +311,7 @@ class NameDaemon implements Daemon {
       this.forwards.delete(server.name);
     }
     this.arrivals.registered(server, address);
+    this.programs.ahead(server.root, server.name);
     return { name: server.name, address };
   }
 

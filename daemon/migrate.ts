@@ -13,7 +13,7 @@ import { failpoint, type Failpoint } from '../runtime/failpoints.js';
 import { writeOrder } from './recover.js';
 import type { Server } from './names.js';
 import { sendBlobs, sendFile, type Manifest } from './transfer.js';
-import { Programs, shipmentOf } from './programs.js';
+import { shipmentOf } from './programs.js';
 import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
 import { Meter, type Progress } from './progress.js';
@@ -27,11 +27,8 @@ export class Coordinator {
   private readonly moves = new Map<Server, Move>();
   /** Moves this daemon committed, newest last (the forwarding entries keep them across restarts). */
   private readonly committed = new Set<string>();
-  private readonly programs: Programs;
 
-  constructor(private readonly ctx: SourceContext) {
-    this.programs = new Programs([ctx.spool], ctx.log);
-  }
+  constructor(private readonly ctx: SourceContext) {}
 
   /**
    * The `migrate` method: runs every step; on failure rolls back and throws MIGRATION_FAILED.
@@ -123,16 +120,6 @@ export class Coordinator {
     return [...this.moves.values()].some((move) => move.id === id) ? 'pending' : undefined;
   }
 
-  /** A program arrived here, built at `root` from the verified blobs of `manifest` (see Programs.arrived). */
-  arrived(root: string, manifest: Manifest, id: string): void {
-    this.programs.arrived(root, manifest, id);
-  }
-
-  /** Ends the thread that walks program trees. */
-  close(): void {
-    this.programs.close();
-  }
-
   /** The `order` method: a signalled server asks what for. */
   orderFor(server: Server | undefined): Order | null {
     const move = server && this.moves.get(server);
@@ -200,7 +187,7 @@ export class Coordinator {
   private async prepare(move: Move): Promise<void> {
     this.enter(move, 'prepare');
     const root = await realpath(move.server.root);
-    const walk = this.programs.walk(root);
+    const walk = this.ctx.programs.walk(root);
     const { guess, walked } = walk;
     await this.greet(move);
     const shipment = await shipmentOf(move.id, move.server, root, this.ctx.advertised);

@@ -9,6 +9,7 @@ import type { Deferred } from './deferred.js';
 import type { Forwards } from './forwards.js';
 import { checkName, type Names, type Server } from './names.js';
 import type { Meter } from './progress.js';
+import type { Programs } from './programs.js';
 import { failpoint } from '../runtime/failpoints.js';
 import type { SendPiece, Tailed } from './statecopy.js';
 
@@ -20,6 +21,8 @@ export interface SourceContext {
   daemonId: string;
   names: Names;
   forwards: Forwards;
+  /** The program trees this daemon walks and ships. */
+  programs: Programs;
   /** Sends a notification on the server's control connection. */
   notify(server: Server, method: string, params: unknown[]): void;
   /** The source of the move that started this server here, until that move is known committed. */

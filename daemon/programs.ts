@@ -18,10 +18,13 @@ const OVERLAPPED_WALK_MS = 250;
 // How long after it was built a program's tree is walked: past the pause of the move that
 // brought it (the walking thread yields to it anyway), before a move of it onwards.
 const SEED_DELAY_MS = 100;
+// How long after a server registers here its program's tree is walked, unless a move walked it
+// first: past the server's start-up (the walking thread yields to it anyway).
+const AHEAD_DELAY_MS = 200;
 
 /** One walk of a program's tree, and what it is compared with. */
 export interface Walk {
-  /** The root's id at its last move, if this daemon shipped it before. */
+  /** The root's id at its last move, if this daemon shipped it before, else at its walk ahead of a move. */
   guess?: string;
   /** The manifest and its id, once walked. */
   walked: Promise<{ manifest: Manifest; id: string }>;
@@ -33,20 +36,25 @@ export interface Walk {
 
 export class Programs {
   private readonly ids = new Map<string, string>();
+  /** Ids of trees walked ahead of their first move (see `ahead`). */
+  private readonly aheadIds = new Map<string, string>();
   private readonly walkMs = new Map<string, number>();
   /** Trees built here from verified blobs that no walk has seen yet: their manifests and ids. */
   private readonly built = new Map<string, { manifest: Manifest; id: string }>();
   private readonly walker = new Walker();
+  /** The walk of each root under way: a walk of the same root waits for it, then finds the tree clean at once. */
+  private readonly walking = new Map<string, Promise<Walked>>();
 
   constructor(private readonly exclude: string[], private readonly log: (line: string) => void) {}
 
   /** Walks the tree at `root` (a real path) again. */
   walk(root: string): Walk {
     const { seeded, walking } = this.walkTree(root);
-    const guess = this.ids.get(root) ?? seeded;
+    const shipped = this.ids.get(root) ?? seeded;
+    const guess = shipped ?? this.aheadIds.get(root);
     const mayOverlap = (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS;
     const walked = walking.then(async ({ manifest, id }) => {
-      if (guess !== undefined) await failpoint('rewalk.after', this.log);
+      if (shipped !== undefined) await failpoint('rewalk.after', this.log);
       this.ids.set(root, id);
       walk.id = id;
       return { manifest, id };
@@ -80,13 +88,39 @@ export class Programs {
   }
 
   /**
+   * A server registered here from `root`: its tree is walked once the server's start-up is
+   * over, in the walking thread, so that its first move finds the files' hashes cached and the
+   * tree watched, instead of waiting for a walk that reads every file. A tree this daemon
+   * walked or built already, or is walking, is left as it is.
+   */
+  ahead(root: string, label: string): void {
+    setTimeout(() => {
+      realpath(root).then((real) => {
+        if (this.ids.has(real) || this.aheadIds.has(real) || this.built.has(real) || this.walking.has(real)) return;
+        this.walkTree(real).walking.then(
+          (walked) => {
+            this.aheadIds.set(real, walked.id);
+            this.log(`${label}: its program (${real}) walked ahead of a move, ${walked.manifest.entries.length} entries`);
+          },
+          (error: Error) => this.log(`${label}: the walk of its program (${real}) ahead of a move failed: ${error.message}`),
+        );
+      }, () => undefined);
+    }, AHEAD_DELAY_MS).unref();
+  }
+
+  /**
    * A walk of `root` in the walker thread, which records how long listing it took; a tree built
    * here and not walked yet is walked with the hashes it was built from, and `seeded` is its id.
    */
   private walkTree(root: string): { seeded?: string; walking: Promise<Walked> } {
     const seed = this.built.get(root);
     this.built.delete(root);
-    return { seeded: seed?.id, walking: this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms), seed?.manifest) };
+    const before = this.walking.get(root)?.catch(() => undefined) ?? Promise.resolve();
+    const walking = before.then(() => this.walker.walk(root, this.exclude, (ms) => this.walkMs.set(root, ms), seed?.manifest));
+    this.walking.set(root, walking);
+    const done = () => void (this.walking.get(root) === walking && this.walking.delete(root));
+    walking.then(done, done);
+    return { seeded: seed?.id, walking };
   }
 
   /** Ends the thread that walks program trees. */

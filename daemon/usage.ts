@@ -64,8 +64,9 @@ Options:
   --dir DIR              the spool, created mode 0700 (default: ~/.rpcmig)
   --spares N             Node processes kept started, 0 to ${MAX_SPARES}, so that a server moving
                          here does not wait for Node to start (default: ${DEFAULT_SPARES})
-  --blanks N             empty files kept in the spool, 0 to ${MAX_BLANKS}, so that a program's
-                         first move here writes its files without creating them (default: ${DEFAULT_BLANKS})
+  --blanks N             empty files kept in the spool, 0 to ${MAX_BLANKS}, and a quarter as many empty
+                         directories, so that a program's first move here writes its files and
+                         builds its tree without creating them (default: ${DEFAULT_BLANKS})
 ${KEY_OPTION}
 ${HELP_OPTION}
 

@@ -1,6 +1,7 @@
 // The program cache across moves (DESIGN §3 step 2): a second move of a program sends no
 // program bytes; a program changed since its last move, while it moves, or where it arrived
-// moves on as it is now; and the commit waits for the walk that confirms the program.
+// moves on as it is now; a program walked ahead of its first move moves as it is at the move;
+// and the commit waits for the walk that confirms the program.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { chmodSync, cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -134,6 +135,19 @@ test('a program that arrived moves on as it is now: a file changed where it arri
   assert.is(JSON.parse(readFileSync(join(treeOf(y, 'arrived'), 'package.json'), 'utf8')).description, 'changed before its first walk');
   assert.is(await client.incr(1), 4);
   await cluster.end([x, y]);
+});
+
+test('a server\'s program is walked ahead of its first move; a file changed after that walk travels as it is at the move', async () => {
+  const { server, pkg } = programCopy('ahead-program');
+  await cluster.server(server, a, ['--name', 'ahead']);
+  const client = await cluster.connect<Counter>('ahead', a);
+  await client.incr(2);
+  assert.ok(await waitFor(() => /ahead: its program \(.*ahead-program\) walked ahead of a move, \d+ entries/.test(a.stderr())), a.stderr());
+  writeFileSync(pkg, JSON.stringify({ ...JSON.parse(readFileSync(pkg, 'utf8')), description: 'changed after the walk ahead' }));
+  const moved = breakdown(await cluster.migrate('ahead', a, b, ['--grace', '0.2']));
+  assert.ok((moved.program_bytes_sent as number) >= readFileSync(pkg).length);
+  assert.is(JSON.parse(readFileSync(join(treeOf(b, 'ahead'), 'package.json'), 'utf8')).description, 'changed after the walk ahead');
+  assert.is(await client.incr(1), 3);
 });
 
 test('the commit waits for the walk beside the move: one that never ends rolls the move back, and the source serves on', async () => {

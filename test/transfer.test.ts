@@ -147,6 +147,37 @@ test('shipped once, nothing is missing; the materialised program runs, hard-link
   assert.is(await ship(root, manifest, store), 0);
 });
 
+test('a program\'s directories are blank ones renamed into place; they are made again, and a reopened store keeps only the empty ones', async () => {
+  const { root } = makeProgram();
+  const manifest = await buildManifest(root, { exclude: [join(root, 'spool')] });
+  const spool = freshDir();
+  const store = await BlobStore.open(spool, { blanks: 40 });
+  const blankDirs = join(spool, 'blobs', 'blank-dirs');
+  assert.ok(await waitFor(() => store.blankDirs.count === 10, 10_000), `${store.blankDirs.count} blank directories made`);
+  const inodes = new Set(readdirSync(blankDirs).map((name) => statSync(join(blankDirs, name)).ino));
+  await ship(root, manifest, store);
+  mkdirSync(join(spool, 'programs'));
+  const dest = join(spool, 'programs', manifestId(manifest));
+  await materialize(manifest, store, dest);
+  const dirs = listAll(dest).filter((path) => lstatSync(join(dest, path)).isDirectory());
+  assert.ok(dirs.length >= 5, dirs.join(' '));
+  assert.ok(dirs.every((dir) => inodes.has(statSync(join(dest, dir)).ino)), 'every directory was a blank one');
+  assert.is(spawnSync(process.execPath, [join(dest, 'dist/server.js')], { encoding: 'utf8' }).stdout, 'util dep\n');
+  assert.ok(await waitFor(() => store.blankDirs.count === 10, 10_000), `made again: ${store.blankDirs.count}`);
+  store.close();
+  // One someone wrote into, and a stranger, are removed; the empty ones are kept.
+  const kept = readdirSync(blankDirs).sort();
+  writeFileSync(join(blankDirs, kept[0], 'x'), '');
+  mkdirSync(join(blankDirs, 'stranger'));
+  const again = await BlobStore.open(spool, { blanks: 40 });
+  assert.ok(await waitFor(() => again.blankDirs.count === 10, 10_000));
+  const now = readdirSync(blankDirs);
+  assert.ok(kept.slice(1).every((name) => now.includes(name)), 'the empty ones are kept');
+  assert.not.ok(now.includes(kept[0]));
+  assert.not.ok(now.includes('stranger'));
+  again.close();
+});
+
 test('materialisation never writes through an existing name and needs every blob', async () => {
   const spool = freshDir();
   const store = await BlobStore.open(spool);

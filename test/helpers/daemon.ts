@@ -58,6 +58,11 @@ export function blanksOf(daemon: DaemonProcess): number {
   return readdirSync(join(daemon.spool, 'blobs', 'blank')).length;
 }
 
+/** The blank directories the daemon's store keeps ready (see blanks.ts). */
+export function blankDirsOf(daemon: DaemonProcess): number {
+  return readdirSync(join(daemon.spool, 'blobs', 'blank-dirs')).length;
+}
+
 export interface CliResult {
   code: number | null;
   stdout: string;
