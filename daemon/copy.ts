@@ -2,7 +2,7 @@
 // them to a `send` function (the coordinator's RPC call), many small files to a call; the
 // destination's receiver writes them into its blob store. Both ends keep memory bounded.
 import { closeSync, constants, openSync, readSync } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { join } from 'node:path';
 import { BlobStore, BlobWriter, refuseBlob } from './blobs.js';
@@ -16,7 +16,6 @@ const MAX_BATCH_PIECES = 4096;
 // A batch closes once it holds this much: one call carries ~100 files of 10 KB, since a call
 // per small file cost a round of queueing at both ends.
 const BATCH_BYTES = 2 ** 20;
-const DEFAULT_WINDOW = 16;
 const BLOB_WINDOW = 8;
 
 /** One piece of a blob on the wire: `bytes` of the blob `hash` at `offset`; `final` ends the blob. */
@@ -192,22 +191,6 @@ async function* readPieces(path: string, size: number, chunkSize: number): Async
   } finally {
     closeSync(fd);
   }
-}
-
-/**
- * Sends one file (a state file) in pieces through `send`, `window` of them unanswered at a
- * time; returns the bytes sent. The last piece is marked final.
- */
-export async function sendFile(path: string, send: (offset: number, bytes: Buffer, final: boolean) => Promise<unknown>, options: SendOptions = {}): Promise<number> {
-  const { size } = await stat(path);
-  const window = new Window(options.window ?? DEFAULT_WINDOW);
-  let offset = 0;
-  for await (const piece of chunkFile(path, options.chunkSize)) {
-    await window.add(send(offset, piece, offset + piece.length >= size));
-    offset += piece.length;
-  }
-  await window.drain();
-  return offset;
 }
 
 /** At most `size` promises outstanding; the first failure is thrown once all have settled. */

@@ -2,7 +2,7 @@
 // hard links where it can, so that a cached program costs no copy, all of it inside `dest`.
 import { constants, linkSync, mkdirSync, realpathSync, renameSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { chmod, copyFile as copyBlob, mkdir, realpath, rename, rm, stat, symlink } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, realpath, rename, rm, stat, symlink } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { join } from 'node:path';
 import { BlobStore } from './blobs.js';
@@ -36,7 +36,7 @@ export async function materialize(manifest: Manifest, store: BlobStore, dest: st
       if (entry.mode !== 0o644 || !linkFile(store, entry, join(dest, entry.path))) copies.push(entry);
       else if (++linked % LINK_SLICE === 0) await nextTurn();
     }
-    await forEachLimit(copies, PLACE_CONCURRENCY, (entry) => copyFile(store, entry, join(dest, entry.path)));
+    await forEachLimit(copies, PLACE_CONCURRENCY, (entry) => copyOwn(store, entry, join(dest, entry.path)));
     // Links last: until now no link exists in `dest`, so no write above can pass through one.
     for (const entry of manifest.entries) if (!isFileEntry(entry)) await symlink(entry.link, join(dest, entry.path));
   } catch (error) {
@@ -90,9 +90,9 @@ function linkFile(store: BlobStore, entry: FileEntry, target: string): boolean {
 }
 
 /** A file of its own, with the entry's mode. */
-async function copyFile(store: BlobStore, entry: FileEntry, target: string): Promise<void> {
+async function copyOwn(store: BlobStore, entry: FileEntry, target: string): Promise<void> {
   // COPYFILE_EXCL opens with O_CREAT|O_EXCL, which refuses an existing name, even a symlink.
-  await copyBlob(store.path(entry.hash), target, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
+  await copyFile(store.path(entry.hash), target, constants.COPYFILE_EXCL | constants.COPYFILE_FICLONE);
   await chmod(target, entry.mode);
 }
 

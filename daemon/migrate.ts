@@ -12,7 +12,7 @@ import { deferred, type Deferred } from './deferred.js';
 import { failpoint, type Failpoint } from '../runtime/failpoints.js';
 import { writeOrder } from './recover.js';
 import type { Server } from './names.js';
-import { sendBlobs, sendFile, type Manifest } from './transfer.js';
+import { sendBlobs, type Manifest } from './transfer.js';
 import { shipmentOf } from './programs.js';
 import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
@@ -284,13 +284,14 @@ export class Coordinator {
     move.progress.begin('copy', move.figures.state_bytes);
     const send = stateSender(move, this.ctx.log, () => sent.resolve());
     const piece: SendPiece = (offset, bytes, final) => send(offset, bytes, final).then(() => move.progress.add(bytes.length));
-    const tailed = move.state ? undefined : await move.tailed;
     if (move.state) await piece(0, move.state, true);
-    else if (tailed) {
-      move.progress.add(tailed.sent - tailed.held);
+    else {
+      const tailed = await move.tailed;
+      const early = tailed ? tailed.sent - tailed.held : 0;
+      move.progress.add(early);
       const size = await sendRest(move.statePath, tailed, piece);
-      this.ctx.log(`migration ${move.id}: ${tailed.sent - tailed.held} of the state's ${size} bytes went while the server wrote them`);
-    } else await sendFile(move.statePath, piece);
+      if (tailed) this.ctx.log(`migration ${move.id}: ${early} of the state's ${size} bytes went while the server wrote them`);
+    }
     move.figures.copy_ms += performance.now() - started;
   }
 

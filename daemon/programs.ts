@@ -71,20 +71,10 @@ export class Programs {
    * from its id; that walk comes once the move that brought it is over, or with the next move.
    */
   arrived(root: string, manifest: Manifest, id: string): void {
-    let real: string;
-    try {
-      real = realpathSync(root);
-    } catch {
-      return; // gone already: walked, and hashed, as any tree at its next move
-    }
+    const real = realOf(root);
+    if (real === undefined) return; // gone already: walked, and hashed, as any tree at its next move
     this.built.set(real, { manifest, id });
-    setTimeout(() => {
-      if (this.built.get(real)?.manifest !== manifest) return;
-      this.walkTree(real).walking.then(
-        (walked) => this.ids.set(real, walked.id),
-        (error: Error) => this.log(`the walk of ${real}, which arrived here, failed: ${error.message}`),
-      );
-    }, SEED_DELAY_MS).unref();
+    this.walkLater(real, SEED_DELAY_MS, () => this.built.get(real)?.manifest === manifest, this.ids, 'which arrived here');
   }
 
   /**
@@ -94,18 +84,26 @@ export class Programs {
    * walked or built already, or is walking, is left as it is.
    */
   ahead(root: string, label: string): void {
+    const real = realOf(root);
+    if (real === undefined) return;
+    const unknown = () => !this.ids.has(real) && !this.aheadIds.has(real) && !this.built.has(real) && !this.walking.has(real);
+    this.walkLater(real, AHEAD_DELAY_MS, unknown, this.aheadIds, `${label}'s program, ahead of a move`, (walked) => {
+      this.log(`${label}: its program (${real}) walked ahead of a move, ${walked.manifest.entries.length} entries`);
+    });
+  }
+
+  /** Walks `real` after `delayMs`, if it is still `wanted()` then, and keeps its id `into`. */
+  private walkLater(real: string, delayMs: number, wanted: () => boolean, into: Map<string, string>, what: string, done?: (walked: Walked) => void): void {
     setTimeout(() => {
-      realpath(root).then((real) => {
-        if (this.ids.has(real) || this.aheadIds.has(real) || this.built.has(real) || this.walking.has(real)) return;
-        this.walkTree(real).walking.then(
-          (walked) => {
-            this.aheadIds.set(real, walked.id);
-            this.log(`${label}: its program (${real}) walked ahead of a move, ${walked.manifest.entries.length} entries`);
-          },
-          (error: Error) => this.log(`${label}: the walk of its program (${real}) ahead of a move failed: ${error.message}`),
-        );
-      }, () => undefined);
-    }, AHEAD_DELAY_MS).unref();
+      if (!wanted()) return;
+      this.walkTree(real).walking.then(
+        (walked) => {
+          into.set(real, walked.id);
+          done?.(walked);
+        },
+        (error: Error) => this.log(`the walk of ${real}, ${what}, failed: ${error.message}`),
+      );
+    }, delayMs).unref();
   }
 
   /**
@@ -126,6 +124,15 @@ export class Programs {
   /** Ends the thread that walks program trees. */
   close(): void {
     this.walker.close();
+  }
+}
+
+/** The real path of `root`; undefined when it is gone. */
+function realOf(root: string): string | undefined {
+  try {
+    return realpathSync(root);
+  } catch {
+    return undefined;
   }
 }
 

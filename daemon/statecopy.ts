@@ -4,7 +4,8 @@
 // in order as it is encoded, then the header, and renames the whole into place. So every byte
 // past those in the file when it is first seen is final once written: the body goes as the
 // file grows, and the first bytes seen, where the header lands, go last, once the server has
-// reported. A state sent inline (small) never has a file, and nothing is read.
+// reported. A state sent inline (small) never has a file, and nothing is read; a file the
+// tail did not see (its server was faster than a poll) goes whole once written (`sendRest`).
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Window } from './copy.js';
@@ -62,17 +63,19 @@ export async function tailSnapshot(temporary: string, send: SendPiece, reported:
 
 /**
  * Sends the rest of the state file at `path`, now whole: what the tail did not send, then the
- * first bytes, the header among them, marked final. Returns the file's size.
+ * first bytes, the header among them, marked final; without a tail, the whole file, its last
+ * piece final. Returns the file's size.
  */
-export async function sendRest(path: string, tailed: Tailed, send: SendPiece): Promise<number> {
+export async function sendRest(path: string, tailed: Tailed | undefined, send: SendPiece): Promise<number> {
   const file = await open(path, 'r');
   try {
     const { size } = await file.stat();
-    if (size < tailed.sent) throw new Error(`the state file shrank to ${size} bytes after ${tailed.sent} were sent`);
+    const { held, sent } = tailed ?? { held: size, sent: size };
+    if (size < sent) throw new Error(`the state file shrank to ${size} bytes after ${sent} were sent`);
     const window = new Window(WINDOW);
     const read = (bytes: Buffer, at: number) => file.read(bytes, 0, bytes.length, at);
-    await sendRange(tailed.sent, size, read, send, window);
-    await sendRange(0, tailed.held, read, send, window, { final: true });
+    await sendRange(sent, size, read, send, window);
+    await sendRange(0, held, read, send, window, { final: true });
     await window.drain();
     return size;
   } finally {

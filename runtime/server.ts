@@ -32,6 +32,7 @@ export const DEFAULT_RECORD_LEASE_MS = 60_000;
 const STALE_GRACE_MS = 60_000;
 /** When a server that can migrate compiles its snapshot code (see warmCodec). */
 const WARM_CODEC_AFTER_MS = 500;
+/** When a restored server warms up instead: its start-up is over, and it may be moved on soon. */
 const WARM_AFTER_RESTORE_MS = 100;
 /**
  * A restored state at most this large is encoded this many times then, for the codec to meet

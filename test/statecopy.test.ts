@@ -80,6 +80,18 @@ test('no file (a state sent inline, or a snapshot that failed first): nothing is
   assert.equal(pieces, []);
 });
 
+test('a file the tail did not see goes whole, in pieces of at most 1 MiB, the last final', async () => {
+  const path = join(base, `state${files++}`);
+  const content = randomBytes(2.5 * 2 ** 20);
+  const fd = openSync(path, 'w', 0o600);
+  writeSync(fd, content);
+  closeSync(fd);
+  const { send, pieces, bytes } = receiver();
+  assert.is(await sendRest(path, undefined, send), content.length);
+  assert.equal(bytes(content.length), content);
+  assert.equal(pieces, [[0, 2 ** 20, false], [2 ** 20, 2 ** 20, false], [2 * 2 ** 20, 2 ** 19, true]]);
+});
+
 test('a move that ended stops the tail, with what it sent so far', async () => {
   const path = join(base, `state${files++}`);
   const temporary = `${path}.1.tmp`;
