@@ -2,15 +2,18 @@
 // 1,000 files in one process (first moves into an empty store, creating files and into blanks;
 // a second move); (b) a real
 // move of a ~13 MB program through two daemons on loopback, first and repeated, beside the same
-// for a ~0.3 MB program. Prints tables and writes its section of bench/RESULTS.md.
+// for a ~0.3 MB program; (c) the least a 10 KB file costs here; (d) the first move of a typical
+// TypeScript app, shipping what it needs against its whole root. Prints tables and writes its
+// section of bench/RESULTS.md.
 //   node dist/bench/transfer.js
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, constants, cpSync, fchmodSync, futimesSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, constants, cpSync, existsSync, fchmodSync, futimesSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { BlobReceiver, BlobStore, buildManifest, manifestId, materialize, sendBlobs } from '../daemon/transfer.js';
 import { DEFAULT_BLANKS } from '../daemon/blanks.js';
+import { OPT_OUT, TOOL_CACHE } from '../daemon/packages.js';
 import { breakdown, Cluster } from '../test/helpers/cluster.js';
 import { ROOT } from '../test/helpers/process.js';
 import { benchDaemons, blanksMade } from './hosts.js';
@@ -128,19 +131,19 @@ interface Moves {
   again: Array<Record<string, number | string>>;
 }
 
-/** (b) Moves the program A→B, then (B→A, A→B) ROUND_TRIPS times, through real daemons. */
-async function twoDaemons(dir: string, big: boolean): Promise<Moves> {
+/** (b) Moves the program `make` writes into `dir` A→B, then (B→A, A→B) `roundTrips` times, through real daemons. */
+async function twoDaemons(dir: string, make: (dir: string) => void, roundTrips = ROUND_TRIPS): Promise<Moves> {
   mkdirSync(dir);
-  makeProgram(dir, big);
+  make(dir);
   const cluster = new Cluster();
   try {
     const [a, b] = await benchDaemons(cluster, 2);
-    const name = big ? 'big' : 'small';
+    const name = 'bench';
     await cluster.server(join(dir, 'dist', 'counter', 'server.js'), a, ['--name', name]);
     await new Promise((resolve) => setTimeout(resolve, FIRST_MOVE_AFTER_MS));
     const first = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
     const again: Moves['again'] = [];
-    for (let n = 0; n < ROUND_TRIPS; n++) {
+    for (let n = 0; n < roundTrips; n++) {
       breakdown(await cluster.migrate(name, b, a, ['--grace', '0.2']));
       again.push(breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2'])));
     }
@@ -153,8 +156,8 @@ async function twoDaemons(dir: string, big: boolean): Promise<Moves> {
 async function partB(base: string): Promise<{ markdown: string; moves: string; ratio: number; throughput: number }> {
   const runs = { small: [] as Moves[], big: [] as Moves[] };
   for (let trial = 0; trial < TRIALS; trial++) {
-    runs.small.push(await twoDaemons(join(base, `small${trial}`), false));
-    runs.big.push(await twoDaemons(join(base, `big${trial}`), true));
+    runs.small.push(await twoDaemons(join(base, `small${trial}`), (dir) => makeProgram(dir, false)));
+    runs.big.push(await twoDaemons(join(base, `big${trial}`), (dir) => makeProgram(dir, true)));
   }
   const first = (ms: Moves[], field: string) => median(ms.map((m) => m.first[field] as number));
   const again = (ms: Moves[], field: string) => median(ms.flatMap((m) => m.again.map((f) => f[field] as number)));
@@ -171,6 +174,44 @@ async function partB(base: string): Promise<{ markdown: string; moves: string; r
   const each = (ms: Moves[]) => ms.map((m) => m.again.map((f) => (f.total_ms as number).toFixed(0)).join(' ')).join(' / ');
   const moves = `- again, total_ms of each move to B, per pair of daemons in order: small ${each(runs.small)}; big ${each(runs.big)}`;
   return { markdown, moves, ratio: again(runs.big, 'total_ms') / again(runs.small, 'total_ms'), throughput: throughput(runs.big) };
+}
+
+/**
+ * The counter server as a TypeScript project keeps it: this repository's node_modules (its
+ * compiler, type definitions, test runner and gRPC, for the comparisons of bench/grpc) beside
+ * the server's dependencies, rpcmig and msgpackr, which the program's package.json declares,
+ * and this repository's devDependencies declared as the program's. `whole`: it opts out (OPT_OUT).
+ */
+function makeTypicalApp(dir: string, whole: boolean): void {
+  const from = join(ROOT, 'fixtures');
+  for (const part of ['package.json', 'dist', 'node_modules']) cpSync(join(from, part), join(dir, part), { recursive: true });
+  for (const name of readdirSync(join(ROOT, 'node_modules'))) {
+    if (!existsSync(join(dir, 'node_modules', name))) cpSync(join(ROOT, 'node_modules', name), join(dir, 'node_modules', name), { recursive: true, verbatimSymlinks: true });
+  }
+  const own = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> };
+  const app = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(dir, 'package.json'), JSON.stringify({ ...app, devDependencies: own.devDependencies, ...(whole ? { rpcmig: { [OPT_OUT]: true } } : {}) }, null, 2));
+}
+
+/** (d) First moves of the typical app, shipping what it needs and, as before, its whole root. */
+async function partD(base: string): Promise<{ markdown: string; bytes: number; cache: number; ratio: number }> {
+  const runs = { needed: [] as Moves[], whole: [] as Moves[] };
+  for (let trial = 0; trial < TRIALS; trial++) {
+    runs.whole.push(await twoDaemons(join(base, `whole${trial}`), (dir) => makeTypicalApp(dir, true), 0));
+    runs.needed.push(await twoDaemons(join(base, `needed${trial}`), (dir) => makeTypicalApp(dir, false), 0));
+  }
+  const entries = async (dir: string) => (await buildManifest(dir, { exclude: [] })).entries.length;
+  const first = (ms: Moves[], field: string) => median(ms.map((m) => m.first[field] as number));
+  const row = async (label: string, ms: Moves[], dir: string) => [
+    label, String(await entries(dir)), (first(ms, 'program_bytes_sent') / MIB).toFixed(2), first(ms, 'copy_ms').toFixed(1),
+    first(ms, 'total_ms').toFixed(1), ms.map((m) => (m.first.total_ms as number).toFixed(0)).join(', '),
+  ];
+  const markdown = table(['what travels', 'entries', 'first: MiB sent', 'first: copy ms', 'first: total ms', 'first: total ms of each'], [
+    await row('what the server needs (default)', runs.needed, join(base, 'needed0')),
+    await row(`the whole root (\`"${OPT_OUT}": true\`)`, runs.whole, join(base, 'whole0')),
+  ]);
+  const cache = join(base, 'whole0', TOOL_CACHE);
+  return { markdown, bytes: runs.whole[0].bytes, cache: existsSync(cache) ? treeBytes(cache).bytes : 0, ratio: first(runs.needed, 'total_ms') / first(runs.whole, 'total_ms') };
 }
 
 /**
@@ -222,9 +263,12 @@ async function main(): Promise<void> {
     console.log(`(b) two daemons on loopback\n${b.markdown}\n`);
     const c = partC(base);
     console.log(`(c) the least a 10 KB file costs here\n${c.markdown}\n`);
+    const d = await partD(base);
+    console.log(`(d) a typical TypeScript app\n${d.markdown}\n`);
     const verdict = [
       `- first move of the big program: copy ${b.throughput.toFixed(0)} MB/s (goal ≥ 200; copy_ms is the prepare round trips, which carry the program's id and the manifest, and the blobs; the source's walk of its tree runs before them, beside the handshake); ${(b.throughput / c.floorMbps).toFixed(2)} × what one thread writing and hashing 10 KB files reaches here with nothing else to do, ${c.floorMbps.toFixed(0)} MB/s (c)`,
       `- repeated move, big / small total_ms: ${b.ratio.toFixed(2)} (goal ≤ 1.10)`,
+      `- first move of the typical app, what it needs / its whole root, total_ms: ${d.ratio.toFixed(2)}`,
       b.moves,
     ].join('\n');
     console.log(verdict);
@@ -244,6 +288,10 @@ async function main(): Promise<void> {
       '(c) The least a 10 KB file costs here, in one process: the calls that write it into a blank file as the store does, its SHA-256, and the source\'s read of it; no network, no decoding; 1,000 files.',
       '',
       c.markdown,
+      '',
+      `(d) A typical TypeScript app: the counter server beside this repository's node_modules (its compiler, type definitions, test runner, gRPC for bench/grpc, and ts-patch's cache: ${(d.bytes / MIB).toFixed(1)} MiB in all), its package.json declaring rpcmig and msgpackr as dependencies and this repository's devDependencies as its own. A daemon ships what the server needs: the packages only devDependencies need, and the tools' caches in node_modules/.cache (here ts-patch's, ${(d.cache / MIB).toFixed(1)} MiB), stay behind (daemon/packages.ts). The same app with \`"rpcmig": { "${OPT_OUT}": true }\` ships its whole root, as every program was shipped before. First move A→B with empty stores, as in (b); medians over ${TRIALS} fresh pairs of daemons each.`,
+      '',
+      d.markdown,
       '',
       verdict,
       '',

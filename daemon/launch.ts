@@ -8,6 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
+import { stripVTControlCharacters } from 'node:util';
+import { OPT_OUT } from './packages.js';
 
 export interface Launch {
   /** The materialised program root; `entry` and `cwd` are relative to it. */
@@ -193,16 +195,24 @@ const STACK_FRAME = /^\s+at /;
  */
 export function tail(log: string, lines = 8): string {
   try {
-    return readFileSync(log, 'utf8').trimEnd().split('\n').filter((line) => !STACK_FRAME.test(line)).slice(-lines).join('\n');
+    // Colours (a program run with FORCE_COLOR) would hide the stack frames from the filter, and garble the message.
+    return stripVTControlCharacters(readFileSync(log, 'utf8')).trimEnd().split('\n').filter((line) => !STACK_FRAME.test(line)).slice(-lines).join('\n');
   } catch {
     return '';
   }
 }
 
-/** The end of `log`, as a clause for an error message ("; its log ends: ..."); empty if nothing is there. */
+// What Node says when a package or module is not where it looks (CommonJS and ESM).
+const NOT_FOUND = /\b(?:ERR_MODULE_NOT_FOUND|MODULE_NOT_FOUND)\b/;
+const NOT_SHIPPED = `\n(a package that only devDependencies need does not travel: declare it in dependencies, or ship the whole root with "rpcmig": { "${OPT_OUT}": true } in package.json)`;
+
+/**
+ * The end of `log`, as a clause for an error message ("; its log ends: ..."); empty if nothing
+ * is there. A module not found may be one that stayed behind (packages.ts): the clause says so.
+ */
 export function lastWords(log: string): string {
   const text = tail(log);
-  return text ? `; its log ends:\n${text}` : '';
+  return text ? `; its log ends:\n${text}${NOT_FOUND.test(text) ? NOT_SHIPPED : ''}` : '';
 }
 
 /** The program's own standby bootstrap (`rpcmig/standby`), resolved as its entry would resolve it. */

@@ -1,11 +1,12 @@
 // The source side of program shipping (DESIGN §3 step 2): the manifest of content hashes of a
 // server's package root, which the destination compares with its blob cache.
 import { createHash, type Hash } from 'node:crypto';
-import { closeSync, constants, createReadStream, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, realpathSync, statSync, type Stats } from 'node:fs';
+import { closeSync, constants, createReadStream, lstatSync, openSync, readdirSync, readFileSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { dirname, join, relative, resolve, sep } from 'node:path';
+import { dirname, join, relative, resolve } from 'node:path';
 import { RpcmigError } from '../runtime/errors.js';
+import { isBelowAny, isInside, leftBehind, realOrUndefined } from './packages.js';
 import { DEFAULT_LIMITS, isFileEntry, refuse, validateManifest, type Entry, type FileMode, type Limits, type Manifest } from './validate.js';
 
 export interface ManifestOptions {
@@ -20,10 +21,13 @@ export interface ManifestOptions {
    */
   built?: { manifest: Manifest; mtime: number };
   /**
-   * Called with each directory before it is listed, and with the directory of each file
-   * reached through a link that leaves the tree: every place whose change changes the manifest.
+   * Called with each directory before it is listed, with each package's directory before its
+   * package.json is read (packages.ts), and with the directory of each file reached through a
+   * link that leaves the tree: every place whose change changes the manifest. Once or more each.
    */
   watch?: (dir: string) => void;
+  /** Told the paths, relative to the root, of the directories found and left behind (packages.ts), in the order walked. */
+  behind?: (paths: string[]) => void;
 }
 
 /** Hashing work done by this process, so that callers and tests can see the cache at work. */
@@ -66,6 +70,10 @@ interface Walk {
   root: string;
   watch?: (dir: string) => void;
   exclude: Set<string>;
+  /** What stays behind (packages.ts): the packages only devDependencies need, tools' caches; and the links into them. */
+  behind: Set<string>;
+  /** The paths of those found while walking. */
+  behindPaths: string[];
   limits: Limits;
   files: Found[];
   links: Entry[];
@@ -84,9 +92,10 @@ export async function findPackageRoot(entry: string): Promise<string> {
 }
 
 /**
- * Walks the package root (node_modules included; `.git` directories and `exclude` left out)
- * and hashes every file. Links resolving inside the root are kept as relative links; links
- * leaving it are shipped as the content they point to (see `walkLink`).
+ * Walks the package root (node_modules included, but for the packages that only its
+ * devDependencies need and the tools' caches; `.git` directories and `exclude` left out) and
+ * hashes every file. Links resolving inside the root are kept as relative links; links leaving
+ * it are shipped as the content they point to (see `walkLink`).
  */
 export async function buildManifest(root: string, options: ManifestOptions): Promise<Manifest> {
   const limits = { ...DEFAULT_LIMITS, ...options.limits };
@@ -96,10 +105,12 @@ export async function buildManifest(root: string, options: ManifestOptions): Pro
     exclude.add(resolve(path));
     exclude.add(await realpath(path).catch(() => resolve(path)));
   }
-  const walk: Walk = { root: realRoot, watch: options.watch, exclude, limits, files: [], links: [], bytes: 0, visited: 0 };
+  const behind = new Set(leftBehind(realRoot, options.watch));
+  const walk: Walk = { root: realRoot, watch: options.watch, exclude, behind, behindPaths: [], limits, files: [], links: [], bytes: 0, visited: 0 };
   const began = performance.now();
   await walkDir(walk, realRoot, '', []);
   options.walked?.(performance.now() - began);
+  options.behind?.(walk.behindPaths);
   const files: Entry[] = [];
   const sealed = options.built && sealedHashes(options.built.manifest, options.built.mtime);
   const toHash = walk.files.filter((found) => {
@@ -159,8 +170,12 @@ async function walkDir(walk: Walk, absDir: string, relDir: string, followed: rea
   for (const name of readdirSync(absDir)) {
     const abs = join(absDir, name);
     if (name === '.git' || walk.exclude.has(abs)) continue;
-    if (++walk.visited % WALK_SLICE === 0) await nextTurn();
     const path = relDir === '' ? name : `${relDir}/${name}`;
+    if (walk.behind.has(abs)) {
+      walk.behindPaths.push(path);
+      continue;
+    }
+    if (++walk.visited % WALK_SLICE === 0) await nextTurn();
     const st = lstatSync(abs);
     if (st.isSymbolicLink()) await walkLink(walk, abs, path, followed);
     else await walkNode(walk, abs, path, st, followed);
@@ -187,13 +202,15 @@ async function walkNode(walk: Walk, abs: string, path: string, st: Stats, follow
  * destination has no such target; a directory link that contains the root or loops is refused.
  */
 async function walkLink(walk: Walk, abs: string, path: string, followed: readonly string[]): Promise<void> {
-  const real = realpathOrNull(abs);
-  if (real === null) {
+  const real = realOrUndefined(abs);
+  if (real === undefined) {
     // Dangling: kept as written, so it dangles at the destination too; validation refuses it if it escapes.
     walk.links.push({ path, link: readlinkSync(abs) });
     return;
   }
   if (isInside(walk.root, real)) {
+    // `.bin` links to the tools of left-out packages stay behind with them.
+    if (isBelowAny(walk.behind, real)) return;
     walk.links.push({ path, link: relative(dirname(join(walk.root, path)), real) || '.' });
     return;
   }
@@ -260,20 +277,8 @@ async function hashStream(hasher: Hash, abs: string): Promise<number> {
   return size;
 }
 
-function realpathOrNull(path: string): string | null {
-  try {
-    return realpathSync.native(path);
-  } catch {
-    return null;
-  }
-}
-
 function modeOf(st: Stats): FileMode {
   return (st.mode & 0o111) !== 0 ? 0o755 : 0o644;
-}
-
-function isInside(dir: string, path: string): boolean {
-  return path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
 }
 
 /** Runs `fn` over `items`, at most `limit` at a time; stops starting new ones after the first failure. */

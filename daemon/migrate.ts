@@ -192,13 +192,15 @@ export class Coordinator {
     await this.greet(move);
     const shipment = await shipmentOf(move.id, move.server, root, this.ctx.advertised);
     if (guess !== undefined && (await this.offer(move, { ...shipment, program: guess }))) {
-      await callPeer(move, 'prestart', [move.id], START_TIMEOUT_MS);
-      if (walk.id === undefined && walk.mayOverlap) {
+      // The old program may fail to start where the changed one would (a package it lacked): the walk decides.
+      const failed = await callPeer(move, 'prestart', [move.id], START_TIMEOUT_MS).then(() => undefined, (error: unknown) => ({ error }));
+      if (failed === undefined && walk.id === undefined && walk.mayOverlap) {
         move.confirmed = walked.then(({ id }) => id === guess);
         move.confirmed.catch(() => undefined);
         return;
       }
       const { id } = await walked;
+      if (id === guess && failed !== undefined) throw failed.error;
       if (id === guess) return;
       // The tree changed since its last move: what the destination prepared is of the old program.
       await callPeer(move, 'abort', [move.id, 'the program changed since its last move']);

@@ -21,6 +21,8 @@ const SEED_DELAY_MS = 100;
 // How long after a server registers here its program's tree is walked, unless a move walked it
 // first: past the server's start-up (the walking thread yields to it anyway).
 const AHEAD_DELAY_MS = 200;
+// Paths of what stays behind (packages.ts) that the log names.
+const BEHIND_SHOWN = 5;
 
 /** One walk of a program's tree, and what it is compared with. */
 export interface Walk {
@@ -88,7 +90,7 @@ export class Programs {
     if (real === undefined) return;
     const unknown = () => !this.ids.has(real) && !this.aheadIds.has(real) && !this.built.has(real) && !this.walking.has(real);
     this.walkLater(real, AHEAD_DELAY_MS, unknown, this.aheadIds, `${label}'s program, ahead of a move`, (walked) => {
-      this.log(`${label}: its program (${real}) walked ahead of a move, ${walked.manifest.entries.length} entries`);
+      this.log(`${label}: its program (${real}) walked ahead of a move, ${walked.manifest.entries.length} entries${staysBehind(walked.behind)}`);
     });
   }
 
@@ -141,4 +143,11 @@ export async function shipmentOf(id: string, server: Server, root: string, sourc
   const entry = relative(root, await realpath(server.entry));
   const cwd = server.cwd === undefined ? '' : relative(root, await realpath(server.cwd).catch(() => root));
   return { id, name: server.name, source, entry, argv: server.argv, execArgv: server.execArgv ?? [], cwd: cwd.startsWith('..') ? '' : cwd };
+}
+
+/** What of a tree stays behind (packages.ts), as a clause for the log: the first few paths, and how many. */
+function staysBehind(paths: readonly string[]): string {
+  if (paths.length === 0) return '';
+  const shown = paths.slice(0, BEHIND_SHOWN).join(', ');
+  return `; ${paths.length} ${paths.length === 1 ? 'stays' : 'stay'} behind (${shown}${paths.length > BEHIND_SHOWN ? ', …' : ''})`;
 }

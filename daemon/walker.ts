@@ -26,13 +26,14 @@ interface Request {
   seed?: Manifest;
 }
 
-/** `manifest` is left out when it is the one last sent for that root; `walkMs` when the tree was not listed (unchanged). */
-type Reply = { id: number; program: string; manifest?: Manifest; walkMs?: number } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
+/** `manifest` and `behind` are left out when the manifest is the one last sent for that root; `walkMs` when the tree was not listed (unchanged). */
+type Reply = { id: number; program: string; manifest?: Manifest; behind?: string[]; walkMs?: number } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
 
-/** A walked tree: its manifest and the manifest's id. */
+/** A walked tree: its manifest and the manifest's id, and what of it stays behind (ManifestOptions.behind). */
 export interface Walked {
   manifest: Manifest;
   id: string;
+  behind: string[];
 }
 
 export class Walker {
@@ -57,9 +58,10 @@ export class Walker {
       throw code === undefined ? new Error(message) : new RpcmigError(code as RpcmigError['code'], message, details);
     }
     if (reply.walkMs !== undefined) walked?.(reply.walkMs);
-    const manifest = reply.manifest ?? this.last.get(root)?.manifest;
+    const last = this.last.get(root);
+    const manifest = reply.manifest ?? last?.manifest;
     if (manifest === undefined) throw new Error(`the walk of ${root} came back without its manifest`);
-    const result = { manifest, id: reply.program };
+    const result = { manifest, id: reply.program, behind: reply.behind ?? last?.behind ?? [] };
     this.last.set(root, result);
     return result;
   }
@@ -122,13 +124,15 @@ if (!isMainThread && parentPort) {
     known?.close();
     const watch = new TreeWatch();
     let walkMs = 0;
+    let behind: string[] = [];
     const walked = (ms: number) => (walkMs = ms);
-    buildManifest(root, { exclude, walked, watch: (dir) => watch.add(dir), ...(seed ? { built: { manifest: seed, mtime: SEALED_MTIME } } : {}) }).then(
+    const options = { exclude, walked, behind: (paths: string[]) => (behind = paths), watch: (dir: string) => watch.add(dir) };
+    buildManifest(root, { ...options, ...(seed ? { built: { manifest: seed, mtime: SEALED_MTIME } } : {}) }).then(
       (manifest) => {
         const program = manifestId(manifest);
         const changed = sent.get(root) !== program;
         sent.set(root, program);
-        reply({ id, program, walkMs, ...(changed ? { manifest } : {}) });
+        reply({ id, program, walkMs, ...(changed ? { manifest, behind } : {}) });
         keep(root, watch);
       },
       (error: Error) => {

@@ -17,6 +17,7 @@ let watched = 0;
 
 export class TreeWatch {
   private readonly watchers: FSWatcher[] = [];
+  private readonly dirs = new Set<string>();
   private spoiled = false;
 
   /** True while nothing below the tree's watched directories has changed since they were watched. */
@@ -24,9 +25,10 @@ export class TreeWatch {
     return !this.spoiled;
   }
 
-  /** Watches `dir` before it is listed (see ManifestOptions.watch). */
+  /** Watches `dir` before it is listed or read (see ManifestOptions.watch); once, however often it is given. */
   add(dir: string): void {
-    if (this.spoiled) return;
+    if (this.spoiled || this.dirs.has(dir)) return;
+    this.dirs.add(dir);
     try {
       if (watched >= MOST_WATCHED || !LOCAL_FILESYSTEMS.has(statfsSync(dir).type)) return this.spoil();
       const watcher = watch(dir, { persistent: false }, () => this.spoil());

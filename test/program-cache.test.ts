@@ -1,11 +1,12 @@
 // The program cache across moves (DESIGN §3 step 2): a second move of a program sends no
 // program bytes; a program changed since its last move, while it moves, or where it arrived
 // moves on as it is now; a program walked ahead of its first move moves as it is at the move;
-// and the commit waits for the walk that confirms the program.
+// what only devDependencies need stays behind; and the commit waits for the walk that confirms
+// the program.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { chmodSync, cpSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import type { RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
 import { breakdown, Cluster, COUNTER } from './helpers/cluster.js';
@@ -14,6 +15,7 @@ import { isAlive, ROOT, waitFor } from './helpers/process.js';
 
 interface Counter {
   incr(by?: number): number;
+  load(name: string): string;
   where(): { pid: number };
 }
 
@@ -148,6 +150,49 @@ test('a server\'s program is walked ahead of its first move; a file changed afte
   assert.ok((moved.program_bytes_sent as number) >= readFileSync(pkg).length);
   assert.is(JSON.parse(readFileSync(join(treeOf(b, 'ahead'), 'package.json'), 'utf8')).description, 'changed after the walk ahead');
   assert.is(await client.incr(1), 3);
+});
+
+test('what only devDependencies need stays behind: the server imports a dependency after its move, not a dev tool, and one that needs it to start does not move; shipDevDependencies ships them', async () => {
+  const { server, pkg } = programCopy('dev-program');
+  const modules = join(dirname(pkg), 'node_modules');
+  for (const name of ['late', 'devtool']) {
+    mkdirSync(join(modules, name));
+    writeFileSync(join(modules, name, 'package.json'), JSON.stringify({ name, version: '1.0.0' }));
+    writeFileSync(join(modules, name, 'index.js'), `exports.name = ${JSON.stringify(name)};`);
+  }
+  mkdirSync(join(modules, '.bin'));
+  symlinkSync('../devtool/index.js', join(modules, '.bin', 'devtool'));
+  const declared = JSON.parse(readFileSync(pkg, 'utf8'));
+  writeFileSync(pkg, JSON.stringify({ ...declared, dependencies: { ...declared.dependencies, late: '1.0.0' }, devDependencies: { devtool: '1.0.0' } }));
+  await cluster.server(server, a, ['--name', 'dev-only']);
+  const client = await cluster.connect<Counter>('dev-only', a);
+  await client.incr(2);
+  const ahead = /dev-only: its program \(.*dev-program\) walked ahead of a move, \d+ entries; 1 stays behind \(node_modules\/devtool\)/;
+  assert.ok(await waitFor(() => ahead.test(a.stderr())), a.stderr());
+  breakdown(await cluster.migrate('dev-only', a, b, ['--grace', '0.2']));
+  const tree = treeOf(b, 'dev-only');
+  assert.ok(existsSync(join(tree, 'node_modules', 'late', 'index.js')) && existsSync(join(tree, 'node_modules', 'rpcmig', 'package.json')));
+  assert.not.ok(existsSync(join(tree, 'node_modules', 'devtool')) || existsSync(join(tree, 'node_modules', '.bin')), 'the dev tool and its link stayed behind');
+  assert.is(await client.load('late'), 'late', 'a dependency imported after the move');
+  assert.is(await client.incr(1), 3);
+  const missing = await client.load('devtool').then(() => undefined, (error: Error) => error);
+  assert.match(String(missing?.message), /devtool/);
+  // A server that needs the dev tool to start (a loader, resolved from its working directory) does not move, and serves on.
+  const loader = await cluster.server(server, a, ['--name', 'dev-loader'], {}, { nodeArgs: ['--import', 'devtool'], cwd: dirname(pkg) });
+  const loaded = await cluster.connect<Counter>('dev-loader', a);
+  await loaded.incr(5);
+  const refused = await cluster.migrate('dev-loader', a, b, ['--grace', '0.2']);
+  assert.is(refused.code, 9, refused.stderr);
+  assert.match(refused.stderr, /Cannot find package 'devtool'[^]*declare it in dependencies, or ship the whole root with "rpcmig": \{ "shipDevDependencies": true \}/);
+  assert.equal([await loaded.incr(1), (await loaded.where()).pid], [6, loader.pid], 'the source serves on');
+  // The program opts out: the same tree, with its dev tools, moves whole, and the loader with it.
+  writeFileSync(pkg, JSON.stringify({ ...JSON.parse(readFileSync(pkg, 'utf8')), rpcmig: { shipDevDependencies: true } }));
+  breakdown(await cluster.migrate('dev-loader', a, b, ['--grace', '0.2']));
+  assert.match(a.stderr(), /dev-loader's program changed since its last move; shipping it again/, 'the old program\'s failed standby did not fail the move');
+  assert.ok(existsSync(join(treeOf(b, 'dev-loader'), 'node_modules', '.bin', 'devtool')));
+  assert.is(await loaded.load('devtool'), 'devtool');
+  assert.equal(await loaded.incr(1), 7);
+  assert.is.not((await loaded.where()).pid, loader.pid, 'imported where it arrived');
 });
 
 test('the commit waits for the walk beside the move: one that never ends rolls the move back, and the source serves on', async () => {

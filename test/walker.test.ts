@@ -91,6 +91,27 @@ test('walks of several trees keep apart: a change in one lists only that one', a
   assert.equal(listed, [false, true, false]);
 });
 
+test('what only devDependencies need is watched, though not listed: a change that makes it needed lists the tree again', async () => {
+  const { root } = makeTree('dev-only');
+  mkdirSync(join(root, 'node_modules', 'tool'));
+  mkdirSync(join(root, 'node_modules', 'helper'));
+  writeFileSync(join(root, 'package.json'), JSON.stringify({ dependencies: { dep: '1' }, devDependencies: { tool: '1' } }));
+  writeFileSync(join(root, 'node_modules', 'tool', 'package.json'), '{}');
+  writeFileSync(join(root, 'node_modules', 'helper', 'index.js'), '');
+  const first = await walk(root);
+  assert.ok(first.listed && !first.paths.some((path) => path.startsWith('node_modules/tool')), first.paths.join(' '));
+  assert.ok(first.paths.includes('node_modules/helper/index.js'), 'a package nothing declares travels');
+  assert.is((await walk(root)).listed, false);
+  // The tool now needs the helper: still only the tool needs it, and it stays behind with it.
+  writeFileSync(join(root, 'node_modules', 'tool', 'package.json'), '{"dependencies":{"helper":"1"}}');
+  const next = await walk(root);
+  assert.ok(next.listed, 'a left-out package\'s package.json is watched');
+  assert.ok(!next.paths.includes('node_modules/helper/index.js'), next.paths.join(' '));
+  writeFileSync(join(root, 'package.json'), JSON.stringify({ dependencies: { dep: '1', tool: '1' } }));
+  const needed = await walk(root);
+  assert.ok(needed.listed && needed.paths.includes('node_modules/tool/package.json') && needed.paths.includes('node_modules/helper/index.js'));
+});
+
 test('two walks of one tree at once both list it; the tree is then watched, once', async () => {
   const { root } = makeTree('overlap');
   const [one, two] = await Promise.all([walk(root), walk(root)]);

@@ -60,10 +60,10 @@ export class Cluster {
     };
   }
 
-  /** Starts `node script ...args` registered with `daemon`; resolves once it listens. */
-  async server(script: string, daemon: DaemonProcess, args: string[] = [], extraEnv: NodeJS.ProcessEnv = {}): Promise<Started> {
+  /** Starts `node ...nodeArgs script ...args` registered with `daemon`, in `cwd` (fixtures/); resolves once it listens. */
+  async server(script: string, daemon: DaemonProcess, args: string[] = [], extraEnv: NodeJS.ProcessEnv = {}, { nodeArgs = [], cwd = join(ROOT, 'fixtures') }: { nodeArgs?: string[]; cwd?: string } = {}): Promise<Started> {
     const env = cleanEnv({ RPCMIG_DAEMON: daemon.address, RPCMIG_KEY_FILE: this.key.file, ...extraEnv });
-    const started = await startNode(script, { args, env, cwd: join(ROOT, 'fixtures') });
+    const started = await startNode(script, { args, env, nodeArgs, cwd });
     this.servers.set(started.pid, daemon.address);
     return started;
   }

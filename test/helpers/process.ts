@@ -17,6 +17,8 @@ export interface Started {
 
 export interface StartOptions {
   args?: string[];
+  /** Node's own options, before the script. */
+  nodeArgs?: string[];
   env?: NodeJS.ProcessEnv;
   cwd?: string;
   /** A line on stdout that says the child is ready; default `listening HOST:PORT`. */
@@ -32,7 +34,7 @@ const running = new Map<number, ChildProcess>();
 
 /** Starts `node script ...args` and waits for its ready line; rejects with its output if it dies first. */
 export function startNode(script: string, options: StartOptions = {}): Promise<Started> {
-  return start(process.execPath, [script, ...(options.args ?? [])], options);
+  return start(process.execPath, [...(options.nodeArgs ?? []), script, ...(options.args ?? [])], options);
 }
 
 type Exit = { code: number | null; signal: NodeJS.Signals | null };
