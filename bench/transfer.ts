@@ -129,6 +129,8 @@ interface Moves {
   first: Record<string, number | string>;
   /** The repeated moves to the first destination (its cache holds the program). */
   again: Array<Record<string, number | string>>;
+  /** The first move back to A, where the program started: A takes its files from the tree it walked. */
+  back?: Record<string, number | string>;
 }
 
 /** (b) Moves the program `make` writes into `dir` A→B, then (B→A, A→B) `roundTrips` times, through real daemons. */
@@ -143,11 +145,13 @@ async function twoDaemons(dir: string, make: (dir: string) => void, roundTrips =
     await new Promise((resolve) => setTimeout(resolve, FIRST_MOVE_AFTER_MS));
     const first = breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2']));
     const again: Moves['again'] = [];
+    let back: Moves['back'];
     for (let n = 0; n < roundTrips; n++) {
-      breakdown(await cluster.migrate(name, b, a, ['--grace', '0.2']));
+      const returned = breakdown(await cluster.migrate(name, b, a, ['--grace', '0.2']));
+      back ??= returned;
       again.push(breakdown(await cluster.migrate(name, a, b, ['--grace', '0.2'])));
     }
-    return { ...treeBytes(dir), first, again };
+    return { ...treeBytes(dir), first, again, back };
   } finally {
     await cluster.close();
   }
@@ -166,9 +170,10 @@ async function partB(base: string): Promise<{ markdown: string; moves: string; r
     label, String(ms[0].files), (ms[0].bytes / MIB).toFixed(2), String(first(ms, 'program_bytes_sent')), first(ms, 'copy_ms').toFixed(1),
     throughput(ms).toFixed(0), first(ms, 'total_ms').toFixed(1), String(Math.max(...ms.flatMap((m) => m.again.map((f) => f.program_bytes_sent as number)))),
     again(ms, 'copy_ms').toFixed(1), again(ms, 'total_ms').toFixed(1),
+    String(Math.max(...ms.map((m) => m.back!.program_bytes_sent as number))), median(ms.map((m) => m.back!.total_ms as number)).toFixed(1),
   ];
   const markdown = table(
-    ['program', 'files', 'MiB', 'first: bytes sent', 'first: copy ms', 'first: copy MB/s', 'first: total ms', 'again: bytes sent (max)', 'again: copy ms', 'again: total ms'],
+    ['program', 'files', 'MiB', 'first: bytes sent', 'first: copy ms', 'first: copy MB/s', 'first: total ms', 'again: bytes sent (max)', 'again: copy ms', 'again: total ms', 'first back: bytes sent (max)', 'first back: total ms'],
     [row('small', runs.small), row('big', runs.big)],
   );
   const each = (ms: Moves[]) => ms.map((m) => m.again.map((f) => (f.total_ms as number).toFixed(0)).join(' ')).join(' / ');
@@ -281,7 +286,7 @@ async function main(): Promise<void> {
       '',
       a,
       '',
-      `(b) Two daemons on loopback, the counter server in a copy of fixtures/: "big" adds 800 files of 10 KB and 2 of 1 MiB under node_modules, "small" keeps rpcmig's runtime and what \`require('msgpackr')\` loads. Each daemon keeps the default ${DEFAULT_BLANKS} blank files (and a quarter as many blank directories) and has made them before the first move. First move A→B with empty stores, ${FIRST_MOVE_AFTER_MS / 1000} s after the server registered (its daemon has walked its tree by then), then ${ROUND_TRIPS} round trips B→A, A→B; "again" is the moves to B. Medians over ${TRIALS} fresh pairs of daemons per program (first move) and all their moves to B (again).`,
+      `(b) Two daemons on loopback, the counter server in a copy of fixtures/: "big" adds 800 files of 10 KB and 2 of 1 MiB under node_modules, "small" keeps rpcmig's runtime and what \`require('msgpackr')\` loads. Each daemon keeps the default ${DEFAULT_BLANKS} blank files (and a quarter as many blank directories) and has made them before the first move. First move A→B with empty stores, ${FIRST_MOVE_AFTER_MS / 1000} s after the server registered (its daemon has walked its tree by then), then ${ROUND_TRIPS} round trips B→A, A→B; "again" is the moves to B; "first back" is the first move B→A, whose program A takes from the tree it walked, where the server started. Medians over ${TRIALS} fresh pairs of daemons per program (first move) and all their moves to B (again).`,
       '',
       b.markdown,
       '',

@@ -16,7 +16,7 @@ import type { Server } from './names.js';
 import { ARRIVAL_RECORD_FILE, checkShipment, marksOf, refuseMigration, StateWriter, type ArrivalRecord, type Shipment } from './shipment.js';
 import { Settlement } from './settle.js';
 import { exists, placeProgram, programDir } from './materialize.js';
-import { BlobReceiver, BlobStore, type Manifest } from './transfer.js';
+import { BlobReceiver, BlobStore, copyHere, type Manifest } from './transfer.js';
 
 export interface ArrivalContext {
   spool: string;
@@ -34,6 +34,8 @@ export interface ArrivalContext {
   evict(name: string, id: string): void;
   /** A program's tree was built at `root` from the store's verified blobs. */
   built(root: string, manifest: Manifest, program: string): void;
+  /** Files of this host's own program trees that had these hashes (Programs.filesOf). */
+  filesOf(hashes: string[]): Promise<Map<string, string>>;
   log(line: string): void;
 }
 
@@ -127,7 +129,13 @@ export class Arrivals {
     this.record(arrival);
     this.ctx.log(`migration ${shipment.id}: receiving ${shipment.name} (program ${shipment.program.slice(0, 12)}${have ? ', in place' : ''})`);
     // A program materialised here before needs no blob: its tree is already in place.
-    return { known: true, lacking: have ? [] : await this.ctx.store.missing(shipment.manifest) };
+    if (have) return { known: true, lacking: [] };
+    const missing = await this.ctx.store.missing(shipment.manifest);
+    const started = performance.now();
+    const lacking = await copyHere(this.ctx.store, shipment.manifest, missing, await this.ctx.filesOf(missing));
+    const took = `${(performance.now() - started).toFixed(1)} ms`;
+    if (lacking.length < missing.length) this.ctx.log(`migration ${shipment.id}: ${missing.length - lacking.length} of the ${missing.length} files lacking copied from this host's own program trees in ${took}`);
+    return { known: true, lacking };
   }
 
   /** A batch of pieces of the program's blobs: `[id, [[hash, offset, bytes, final], ...]]`. */

@@ -17,6 +17,8 @@ const MAX_BATCH_PIECES = 4096;
 // per small file cost a round of queueing at both ends.
 const BATCH_BYTES = 2 ** 20;
 const BLOB_WINDOW = 8;
+// Blobs copied from this host's own files between two yields to the event loop (~3 ms).
+const HERE_SLICE = 32;
 
 /** One piece of a blob on the wire: `bytes` of the blob `hash` at `offset`; `final` ends the blob. */
 export type Piece = [hash: string, offset: number, bytes: Uint8Array, final: boolean];
@@ -128,6 +130,29 @@ function misfit(next: number, offset: number, length: number, final: boolean, si
   if (offset + length > size) return `longer than ${size} bytes`;
   if (final && offset + length !== size) return `ended at ${offset + length} bytes, the manifest says ${size}`;
   return undefined;
+}
+
+/**
+ * The blobs of `lacking` that this host has itself, in files of program trees its daemon
+ * walked (`here`: hash → path), read into the store, each checked against its hash as a
+ * received blob is; returns the hashes still lacking, which the source sends. A server that
+ * moved away and comes back thus brings no program bytes. A file changed since its walk, or
+ * gone, is simply still lacking.
+ */
+export async function copyHere(store: BlobStore, manifest: Manifest, lacking: readonly string[], here: ReadonlyMap<string, string>): Promise<string[]> {
+  if (here.size === 0) return [...lacking];
+  const sizes = new Map(manifest.entries.filter(isFileEntry).map((entry) => [entry.hash, entry.size]));
+  const still: string[] = [];
+  let copied = 0;
+  for (const hash of lacking) {
+    const path = here.get(hash);
+    const size = sizes.get(hash);
+    const stored = path !== undefined && size !== undefined && (await store.put(hash, readPieces(path, size, 2 ** 20), size).then(() => true, () => false));
+    if (!stored) still.push(hash);
+    // The calls are synchronous, ~0.1 ms a small file: the daemon answers others between slices.
+    else if (++copied % HERE_SLICE === 0) await nextTurn();
+  }
+  return still;
 }
 
 /** How the source hands a batch of pieces to the destination's `BlobReceiver.receive` (an RPC call). */

@@ -154,6 +154,7 @@ class NameDaemon implements Daemon {
       confirm: (name, id) => this.confirm(name, id),
       evict: (name, id) => this.evict(name, id),
       built: (root, manifest, program) => this.programs.arrived(root, manifest, program),
+      filesOf: (hashes) => this.programs.filesOf(hashes),
       serves: (name) => this.names.all().some((s) => s.name === name && s.state !== 'moved'),
     });
     this.lookups = {

@@ -42,6 +42,8 @@ interface CachedHash {
 }
 // Keyed by absolute path; a re-run over an unchanged tree only stats it.
 const hashCache = new Map<string, CachedHash>();
+// The last file seen with each hash, cached or not (see `filesOf`).
+const seenAt = new Map<string, string>();
 // The manifest last built per root, with the listing it was built from (files with their
 // cached hashes, links, limits): a tree listed again unchanged gets the same manifest back,
 // without sorting and checking it again. Callers do not change manifests.
@@ -155,6 +157,20 @@ async function hashFiles(found: readonly Found[]): Promise<Entry[]> {
   return files;
 }
 
+/**
+ * Files this process hashed, by the hashes wanted: for each hash, the last file seen with it,
+ * its hash cached or not (RACY_MS). A file may have changed since: whoever reads it checks its
+ * hash again.
+ */
+export function filesOf(hashes: Iterable<string>): Map<string, string> {
+  const found = new Map<string, string>();
+  for (const hash of hashes) {
+    const abs = seenAt.get(hash);
+    if (abs !== undefined) found.set(hash, abs);
+  }
+  return found;
+}
+
 /** SHA-256 of the manifest's canonical encoding: equal programs have equal ids. */
 export function manifestId(manifest: Manifest): string {
   const known = ids.get(manifest);
@@ -229,6 +245,7 @@ function sealedHashes(manifest: Manifest, mtime: number): (found: Found) => stri
     const entry = entries.get(path);
     if (entry === undefined || st.mtimeMs !== mtime || st.size !== entry.size) return undefined;
     hashCache.set(abs, { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, hash: entry.hash });
+    seenAt.set(entry.hash, abs);
     return entry.hash;
   };
 }
@@ -236,6 +253,7 @@ function sealedHashes(manifest: Manifest, mtime: number): (found: Found) => stri
 function cachedHash(abs: string, st: Stats): string | undefined {
   const cached = hashCache.get(abs);
   if (cached && cached.size === st.size && cached.mtimeMs === st.mtimeMs && cached.ctimeMs === st.ctimeMs && cached.ino === st.ino) {
+    seenAt.set(cached.hash, abs);
     hashStats.cached++;
     return cached.hash;
   }
@@ -258,6 +276,7 @@ function hashSmall(abs: string, st: Stats): { hash: string; size: number } {
 /** The hash, cached unless the file was modified too recently to be trusted (see RACY_MS). */
 function remember(abs: string, st: Stats, started: number, hasher: Hash, size: number): string {
   const hash = hasher.digest('hex');
+  seenAt.set(hash, abs);
   hashStats.hashed++;
   hashStats.bytesHashed += size;
   if (size === st.size && started - st.mtimeMs > RACY_MS) {

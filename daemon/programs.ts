@@ -49,6 +49,11 @@ export class Programs {
 
   constructor(private readonly exclude: string[], private readonly log: (line: string) => void) {}
 
+  /** Files of the trees walked here that had these hashes (Walker.filesOf): what an arriving program may take from this host. */
+  filesOf(hashes: string[]): Promise<Map<string, string>> {
+    return this.walker.filesOf(hashes).catch(() => new Map());
+  }
+
   /** Walks the tree at `root` (a real path) again. */
   walk(root: string): Walk {
     const { seeded, walking } = this.walkTree(root);

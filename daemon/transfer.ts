@@ -4,5 +4,5 @@
 export { buildManifest, findPackageRoot, hashStats, manifestId, type ManifestOptions } from './manifest.js';
 export { DEFAULT_LIMITS, validateManifest, type Entry, type FileEntry, type LinkEntry, type Limits, type Manifest } from './validate.js';
 export { BlobStore } from './blobs.js';
-export { BlobReceiver, chunkFile, sendBlobs, type Piece, type SendBatch, type SendOptions } from './copy.js';
+export { BlobReceiver, chunkFile, copyHere, sendBlobs, type Piece, type SendBatch, type SendOptions } from './copy.js';
 export { materialize } from './materialize.js';

@@ -11,23 +11,29 @@ import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import { RpcmigError } from '../runtime/errors.js';
 import { SEALED_MTIME } from './blobs.js';
-import { buildManifest, manifestId } from './manifest.js';
+import { buildManifest, filesOf, manifestId } from './manifest.js';
 import { TreeWatch } from './watch.js';
 import type { Manifest } from './validate.js';
 
 // The walking thread's nice value (Linux schedules threads one by one).
 const WALKER_NICE = 10;
 
-interface Request {
+interface WalkRequest {
   id: number;
   root: string;
   exclude: string[];
   /** The tree was built here from verified blobs of this manifest (see ManifestOptions.built). */
   seed?: Manifest;
 }
+/** Which files of the trees walked had these hashes (manifest.ts, `filesOf`). */
+interface FilesRequest {
+  id: number;
+  hashes: string[];
+}
+type Request = WalkRequest | FilesRequest;
 
 /** `manifest` and `behind` are left out when the manifest is the one last sent for that root; `walkMs` when the tree was not listed (unchanged). */
-type Reply = { id: number; program: string; manifest?: Manifest; behind?: string[]; walkMs?: number } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
+type Reply = { id: number; program: string; manifest?: Manifest; behind?: string[]; walkMs?: number } | { id: number; files: Array<[hash: string, path: string]> } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
 
 /** A walked tree: its manifest and the manifest's id, and what of it stays behind (ManifestOptions.behind). */
 export interface Walked {
@@ -48,11 +54,8 @@ export class Walker {
    * stat'ing it took, unless the tree was not listed: it did not change since its last walk. `seed`: the manifest the tree was built from here (see ManifestOptions.built).
    */
   async walk(root: string, exclude: string[], walked?: (ms: number) => void, seed?: Manifest): Promise<Walked> {
-    const id = this.next++;
-    const reply = await new Promise<Reply>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
-      this.thread().postMessage({ id, root, exclude, seed } satisfies Request);
-    });
+    const reply = await this.ask({ id: this.next++, root, exclude, seed });
+    if ('files' in reply) throw new Error(`the walk of ${root} came back without its manifest`);
     if ('error' in reply) {
       const { message, code, details } = reply.error;
       throw code === undefined ? new Error(message) : new RpcmigError(code as RpcmigError['code'], message, details);
@@ -64,6 +67,23 @@ export class Walker {
     const result = { manifest, id: reply.program, behind: reply.behind ?? last?.behind ?? [] };
     this.last.set(root, result);
     return result;
+  }
+
+  /**
+   * Files of the trees this thread walked that had these hashes when hashed: a path for each
+   * hash found, to be read and checked again. None before the first walk.
+   */
+  async filesOf(hashes: string[]): Promise<Map<string, string>> {
+    if (this.worker === undefined || hashes.length === 0) return new Map();
+    const reply = await this.ask({ id: this.next++, hashes });
+    return new Map('files' in reply ? reply.files : []);
+  }
+
+  private ask(request: Request): Promise<Reply> {
+    return new Promise<Reply>((resolve, reject) => {
+      this.pending.set(request.id, { resolve, reject });
+      this.thread().postMessage(request);
+    });
   }
 
   private thread(): Worker {
@@ -109,7 +129,9 @@ if (!isMainThread && parentPort) {
     // Not Linux, or not allowed: the walk runs at the daemon's priority.
   }
   const reply = (message: Reply) => port.postMessage(message);
-  port.on('message', async ({ id, root, exclude, seed }: Request) => {
+  port.on('message', async (request: Request) => {
+    if ('hashes' in request) return reply({ id: request.id, files: [...filesOf(request.hashes)] });
+    const { id, root, exclude, seed } = request;
     const known = trees.get(root);
     trees.delete(root);
     const program = sent.get(root);

@@ -5,7 +5,7 @@
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
 import { cpSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { connect, STATS, type Client, type RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
 import { breakdown, Cluster, COUNTER, FIXTURES, RDICT } from './helpers/cluster.js';
@@ -51,7 +51,7 @@ async function counterOn(daemon: DaemonProcess, args: string[] = []): Promise<{ 
   return { name, pid: started.pid, client, started };
 }
 
-const spool = (daemon: DaemonProcess, ...parts: string[]) => join(cluster.dir, `host${cluster.daemons.indexOf(daemon)}`, 'spool', ...parts);
+const spool = (daemon: DaemonProcess, ...parts: string[]) => join(daemon.spool, ...parts);
 const entries = (dir: string) => (existsSync(dir) ? readdirSync(dir) : []);
 
 test('rdict moves to B and back: every word and the lookup count arrive exactly', async () => {
@@ -201,7 +201,7 @@ test('a forwarding entry survives a restart of the source daemon', async () => {
   await client.incr(9);
   const figures = breakdown(await cluster.migrate(name, source, b, ['--grace', '0.2']));
   await stop(source.pid);
-  const again = await startDaemonProcess(cluster.key.file, join(cluster.dir, `host${cluster.daemons.indexOf(source)}`));
+  const again = await startDaemonProcess(cluster.key.file, dirname(source.spool));
   try {
     assert.equal((await cluster.ls(again)).forwards, [{ name, to: figures.address }]);
     const fresh = await connect<Counter>(name, { daemon: again.address, keyFile: cluster.key.file });

@@ -25,7 +25,7 @@ const key = loadKey(cluster.key.file);
 
 test.before(async () => {
   dst = await cluster.daemon({ RPCMIG_START_TIMEOUT_MS: '8000' });
-  spool = join(cluster.dir, 'host0', 'spool');
+  spool = dst.spool;
   link = await openDaemon(dst.address, key);
 });
 test.after(async () => {

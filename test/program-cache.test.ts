@@ -195,6 +195,34 @@ test('what only devDependencies need stays behind: the server imports a dependen
   assert.is.not((await loaded.where()).pid, loader.pid, 'imported where it arrived');
 });
 
+test('a server that comes back to a host it left brings no program bytes: that host takes the files from its own tree; one changed there since travels', async () => {
+  const [x, y] = [await cluster.daemon(), await cluster.daemon()];
+  const { server, pkg } = programCopy('returning-program');
+  await cluster.server(server, x, ['--name', 'returning']);
+  const client = await cluster.connect<Counter>('returning', x);
+  await client.incr(2);
+  const away = breakdown(await cluster.migrate('returning', x, y, ['--grace', '0.2']));
+  assert.ok((away.program_bytes_sent as number) > 0);
+  const back = breakdown(await cluster.migrate('returning', y, x, ['--grace', '0.2']));
+  assert.is(back.program_bytes_sent, 0);
+  assert.match(x.stderr(), /: (\d+) of the \1 files lacking copied from this host's own program trees/);
+  assert.is(await client.incr(1), 3);
+  assert.is(readFileSync(join(treeOf(x, 'returning'), 'package.json'), 'utf8'), readFileSync(pkg, 'utf8'));
+  // Another program, whose package.json alone differs, changed where it started after it left.
+  const changed = programCopy('returning-changed');
+  const before = JSON.stringify({ ...JSON.parse(readFileSync(changed.pkg, 'utf8')), description: 'as it left' });
+  writeFileSync(changed.pkg, before);
+  await cluster.server(changed.server, x, ['--name', 'changed-behind']);
+  const other = await cluster.connect<Counter>('changed-behind', x);
+  breakdown(await cluster.migrate('changed-behind', x, y, ['--grace', '0.2']));
+  writeFileSync(changed.pkg, JSON.stringify({ ...JSON.parse(before), description: 'changed after it left' }));
+  const returned = breakdown(await cluster.migrate('changed-behind', y, x, ['--grace', '0.2']));
+  assert.is(returned.program_bytes_sent, Buffer.byteLength(before), 'the file changed here travelled, as the program has it');
+  assert.is(readFileSync(join(treeOf(x, 'changed-behind'), 'package.json'), 'utf8'), before);
+  assert.is(await other.incr(1), 1);
+  await cluster.end([x, y]);
+});
+
 test('the commit waits for the walk beside the move: one that never ends rolls the move back, and the source serves on', async () => {
   const timeouts = { RPCMIG_STEP_TIMEOUT_MS: '2000', RPCMIG_START_TIMEOUT_MS: '3000', RPCMIG_QUIESCE_TIMEOUT_MS: '3000' };
   const src = await cluster.daemon({ ...timeouts, RPCMIG_FAILPOINTS: 'rewalk.after=hang' });

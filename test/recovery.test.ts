@@ -79,7 +79,7 @@ for (const [point, owner] of MATRIX) {
       assert.is(owner === 'source' ? there : here, undefined, 'and only it');
       assert.is((await client.where()).pid, serving!.pid);
       if (owner === 'destination') assert.equal((await cluster.ls(again)).forwards.find((f) => f.name === label)?.to, there!.address);
-      const arriving = join(cluster.dir, `host${cluster.daemons.indexOf(b)}`, 'spool', 'arriving');
+      const arriving = join(b.spool, 'arriving');
       assert.ok(await waitFor(() => !existsSync(arriving) || readdirSync(arriving).length === 0, 5000), 'the destination keeps nothing of a move that did not happen');
       const leaving = join(source.spool, 'leaving');
       assert.ok(await waitFor(() => !existsSync(leaving) || readdirSync(leaving).length === 0, 5000), 'the source settled what it left under way');

@@ -33,10 +33,12 @@ export class Cluster {
   private readonly servers = new Map<number, string>();
   /** Names handed out by `named`, so that no two servers of a cluster share one. */
   private named_ = 0;
+  /** Daemons started by `daemon`: each has a home of its own, `host<n>`, even after others ended. */
+  private hosts = 0;
 
   /** Starts a daemon with its own spool; `env` reaches the daemon (and what it starts); `args` are more options of `rpcmig daemon`. */
   async daemon(env: NodeJS.ProcessEnv = {}, args: string[] = []): Promise<DaemonProcess> {
-    const daemon = await startDaemonProcess(this.key.file, join(this.dir, `host${this.daemons.length}`), env, undefined, args);
+    const daemon = await startDaemonProcess(this.key.file, join(this.dir, `host${this.hosts++}`), env, undefined, args);
     this.daemons.push(daemon);
     return daemon;
   }
