@@ -42,8 +42,18 @@ interface CachedHash {
 }
 // Keyed by absolute path; a re-run over an unchanged tree only stats it.
 const hashCache = new Map<string, CachedHash>();
-// The last file seen with each hash, cached or not (see `filesOf`).
+// The last file seen with each hash, cached or not (see `filesOf`), and each such file's hash:
+// a file that changes drops its old hash, so that both stay as large as the trees walked.
 const seenAt = new Map<string, string>();
+const seenHash = new Map<string, string>();
+
+function see(hash: string, abs: string): void {
+  const before = seenHash.get(abs);
+  if (before !== undefined && before !== hash && seenAt.get(before) === abs) seenAt.delete(before);
+  seenHash.set(abs, hash);
+  seenAt.set(hash, abs);
+}
+
 // The manifest last built per root, with the listing it was built from (files with their
 // cached hashes, links, limits): a tree listed again unchanged gets the same manifest back,
 // without sorting and checking it again. Callers do not change manifests.
@@ -245,7 +255,7 @@ function sealedHashes(manifest: Manifest, mtime: number): (found: Found) => stri
     const entry = entries.get(path);
     if (entry === undefined || st.mtimeMs !== mtime || st.size !== entry.size) return undefined;
     hashCache.set(abs, { size: st.size, mtimeMs: st.mtimeMs, ctimeMs: st.ctimeMs, ino: st.ino, hash: entry.hash });
-    seenAt.set(entry.hash, abs);
+    see(entry.hash, abs);
     return entry.hash;
   };
 }
@@ -253,7 +263,7 @@ function sealedHashes(manifest: Manifest, mtime: number): (found: Found) => stri
 function cachedHash(abs: string, st: Stats): string | undefined {
   const cached = hashCache.get(abs);
   if (cached && cached.size === st.size && cached.mtimeMs === st.mtimeMs && cached.ctimeMs === st.ctimeMs && cached.ino === st.ino) {
-    seenAt.set(cached.hash, abs);
+    see(cached.hash, abs);
     hashStats.cached++;
     return cached.hash;
   }
@@ -276,7 +286,7 @@ function hashSmall(abs: string, st: Stats): { hash: string; size: number } {
 /** The hash, cached unless the file was modified too recently to be trusted (see RACY_MS). */
 function remember(abs: string, st: Stats, started: number, hasher: Hash, size: number): string {
   const hash = hasher.digest('hex');
-  seenAt.set(hash, abs);
+  see(hash, abs);
   hashStats.hashed++;
   hashStats.bytesHashed += size;
   if (size === st.size && started - st.mtimeMs > RACY_MS) {

@@ -4,6 +4,7 @@
 // leaving the tree, a removal — makes the next walk list it, even one made just before.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
+import { createHash } from 'node:crypto';
 import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -110,6 +111,19 @@ test('what only devDependencies need is watched, though not listed: a change tha
   writeFileSync(join(root, 'package.json'), JSON.stringify({ dependencies: { dep: '1', tool: '1' } }));
   const needed = await walk(root);
   assert.ok(needed.listed && needed.paths.includes('node_modules/tool/package.json') && needed.paths.includes('node_modules/helper/index.js'));
+});
+
+test('the files walked are found by their hashes; a file changed and walked again is found by its new hash only', async () => {
+  const { root } = makeTree('files-of');
+  const sha = (text: string) => createHash('sha256').update(text).digest('hex');
+  const [before, after] = [sha('module.exports = 1;'), sha('module.exports = 3;')];
+  assert.equal(await new Walker().filesOf([before]), new Map(), 'a thread that walked nothing knows no file');
+  await walk(root);
+  const dep = join(root, 'node_modules', 'dep', 'index.js');
+  assert.equal(await walker.filesOf([before, after]), new Map([[before, dep]]));
+  writeFileSync(dep, 'module.exports = 3;');
+  await walk(root);
+  assert.equal(await walker.filesOf([before, after]), new Map([[after, dep]]));
 });
 
 test('two walks of one tree at once both list it; the tree is then watched, once', async () => {
