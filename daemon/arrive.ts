@@ -133,8 +133,8 @@ export class Arrivals {
     const missing = await this.ctx.store.missing(shipment.manifest);
     const started = performance.now();
     const lacking = await copyHere(this.ctx.store, shipment.manifest, missing, await this.ctx.filesOf(missing));
-    const took = `${(performance.now() - started).toFixed(1)} ms`;
-    if (lacking.length < missing.length) this.ctx.log(`migration ${shipment.id}: ${missing.length - lacking.length} of the ${missing.length} files lacking copied from this host's own program trees in ${took}`);
+    const copied = missing.length - lacking.length;
+    if (copied > 0) this.ctx.log(`migration ${shipment.id}: ${copied} of the ${missing.length} files lacking copied from this host's own program trees in ${(performance.now() - started).toFixed(1)} ms`);
     return { known: true, lacking };
   }
 

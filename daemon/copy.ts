@@ -17,6 +17,8 @@ const MAX_BATCH_PIECES = 4096;
 // per small file cost a round of queueing at both ends.
 const BATCH_BYTES = 2 ** 20;
 const BLOB_WINDOW = 8;
+// Files this large or larger are read, and sent, in pieces of this size.
+const CHUNK_BYTES = 2 ** 20;
 // Blobs copied from this host's own files between two yields to the event loop (~3 ms).
 const HERE_SLICE = 32;
 
@@ -147,7 +149,7 @@ export async function copyHere(store: BlobStore, manifest: Manifest, lacking: re
   for (const hash of lacking) {
     const path = here.get(hash);
     const size = sizes.get(hash);
-    const stored = path !== undefined && size !== undefined && (await store.put(hash, readPieces(path, size, 2 ** 20), size).then(() => true, () => false));
+    const stored = path !== undefined && size !== undefined && (await store.put(hash, readPieces(path, size, CHUNK_BYTES), size).then(() => true, () => false));
     if (!stored) still.push(hash);
     // The calls are synchronous, ~0.1 ms a small file: the daemon answers others between slices.
     else if (++copied % HERE_SLICE === 0) await nextTurn();
@@ -172,7 +174,7 @@ export interface SendOptions {
 export async function sendBlobs(root: string, manifest: Manifest, lacking: readonly string[], send: SendBatch, options: SendOptions = {}): Promise<number> {
   const wanted = new Set(lacking);
   const window = new Window(options.window ?? BLOB_WINDOW);
-  const chunkSize = options.chunkSize ?? 2 ** 20;
+  const chunkSize = options.chunkSize ?? CHUNK_BYTES;
   let batch: Piece[] = [];
   let batched = 0;
   let sent = 0;
@@ -255,7 +257,7 @@ export class Window {
  * A file's content in pieces of at most `chunkSize` bytes, one buffer at a time. Always yields
  * at least one piece (empty for an empty file), so the sender can mark the last one final.
  */
-export async function* chunkFile(path: string, chunkSize = 1 << 20): AsyncGenerator<Buffer> {
+export async function* chunkFile(path: string, chunkSize = CHUNK_BYTES): AsyncGenerator<Buffer> {
   if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) throw new RangeError(`chunk size ${chunkSize}`);
   const file = await open(path, 'r');
   try {

@@ -6,7 +6,8 @@ import { realpath, stat } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { dirname, join, relative, resolve } from 'node:path';
 import { RpcmigError } from '../runtime/errors.js';
-import { isBelowAny, isInside, leftBehind, realOrUndefined } from './packages.js';
+import { leftBehind } from './packages.js';
+import { isBelowAny, isInside, realOrUndefined } from './paths.js';
 import { DEFAULT_LIMITS, isFileEntry, refuse, validateManifest, type Entry, type FileMode, type Limits, type Manifest } from './validate.js';
 
 export interface ManifestOptions {

@@ -5,10 +5,11 @@
 // directories; the same walk here, over the dependencies, optional dependencies and peer
 // dependencies of each package (optional peers left out: a package runs without them), gives
 // what the server may load, at any time, through any import. A package that nothing declares
-// is shipped, as is everything outside node_modules. So is node_modules/.cache, where tools keep
-// what they can make again (ts-patch, Babel, ESLint, webpack loaders): it stays behind too.
-import { readFileSync, realpathSync } from 'node:fs';
+// is shipped, as is everything outside node_modules. node_modules/.cache, where tools keep what
+// they can make again (ts-patch, Babel, ESLint, webpack loaders), stays behind too.
+import { readFileSync } from 'node:fs';
 import { basename, dirname, join, relative, sep } from 'node:path';
+import { isInside, realOrUndefined } from './paths.js';
 
 /** A package's own package.json field: `{ "rpcmig": { "shipDevDependencies": true } }` ships the whole root. */
 export const OPT_OUT = 'shipDevDependencies';
@@ -56,14 +57,6 @@ function devOnlyPackages(root: string, manifest: PackageJson, watch?: (dir: stri
   // A needed package inside a left-out one (reached through a link) keeps it.
   for (const kept of needed) for (let dir = dirname(kept); dir !== root && isInside(root, dir); dir = dirname(dir)) devOnly.delete(dir);
   return [...devOnly];
-}
-
-/** Whether `path` is one of `dirs` or below one of them (`dirs`: absolute, without a trailing separator). */
-export function isBelowAny(dirs: ReadonlySet<string>, path: string): boolean {
-  for (let at = path; ; at = dirname(at)) {
-    if (dirs.has(at)) return true;
-    if (dirname(at) === at) return false;
-  }
 }
 
 class Graph {
@@ -130,20 +123,6 @@ function readPackage(dir: string): PackageJson | undefined {
   }
 }
 
-/** The real path, or undefined where there is none (a dangling link, nothing there). */
-export function realOrUndefined(path: string): string | undefined {
-  try {
-    return realpathSync.native(path);
-  } catch {
-    return undefined;
-  }
-}
-
 function inNodeModules(root: string, dir: string): boolean {
   return relative(root, dir).split(sep).includes('node_modules');
-}
-
-/** Whether `path` is `dir` or below it. */
-export function isInside(dir: string, path: string): boolean {
-  return path === dir || path.startsWith(dir.endsWith(sep) ? dir : dir + sep);
 }

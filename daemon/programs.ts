@@ -1,10 +1,10 @@
 // What a source daemon knows of the programs it ships: the id each program root had at its
 // last move, how long listing its tree took, and the thread that walks the trees (walker.ts).
-import { realpathSync } from 'node:fs';
 import { realpath } from 'node:fs/promises';
 import { relative } from 'node:path';
 import { failpoint } from '../runtime/failpoints.js';
 import type { Server } from './names.js';
+import { realOrUndefined } from './paths.js';
 import type { ShipmentHead } from './shipment.js';
 import type { Manifest } from './transfer.js';
 import { Walker, type Walked } from './walker.js';
@@ -78,7 +78,7 @@ export class Programs {
    * from its id; that walk comes once the move that brought it is over, or with the next move.
    */
   arrived(root: string, manifest: Manifest, id: string): void {
-    const real = realOf(root);
+    const real = realOrUndefined(root);
     if (real === undefined) return; // gone already: walked, and hashed, as any tree at its next move
     this.built.set(real, { manifest, id });
     this.walkLater(real, SEED_DELAY_MS, () => this.built.get(real)?.manifest === manifest, this.ids, 'which arrived here');
@@ -91,7 +91,7 @@ export class Programs {
    * walked or built already, or is walking, is left as it is.
    */
   ahead(root: string, label: string): void {
-    const real = realOf(root);
+    const real = realOrUndefined(root);
     if (real === undefined) return;
     const unknown = () => !this.ids.has(real) && !this.aheadIds.has(real) && !this.built.has(real) && !this.walking.has(real);
     this.walkLater(real, AHEAD_DELAY_MS, unknown, this.aheadIds, `${label}'s program, ahead of a move`, (walked) => {
@@ -135,14 +135,6 @@ export class Programs {
 }
 
 /** The real path of `root`; undefined when it is gone. */
-function realOf(root: string): string | undefined {
-  try {
-    return realpathSync(root);
-  } catch {
-    return undefined;
-  }
-}
-
 /** What the destination is told of `server`'s program, besides its content: paths relative to its root. */
 export async function shipmentOf(id: string, server: Server, root: string, source: string): Promise<ShipmentHead> {
   const entry = relative(root, await realpath(server.entry));
