@@ -4,8 +4,8 @@
 import { closeSync, constants, openSync, readSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
-import { join } from 'node:path';
 import { BlobStore, BlobWriter, refuseBlob } from './blobs.js';
+import { sourcePath, type Placed } from './packages.js';
 import { isFileEntry, type Manifest } from './validate.js';
 
 // Each unfinished blob holds a file descriptor: a peer may not open them without bound.
@@ -21,6 +21,7 @@ const BLOB_WINDOW = 8;
 const CHUNK_BYTES = 2 ** 20;
 // Blobs copied from this host's own files between two yields to the event loop (~3 ms).
 const HERE_SLICE = 32;
+const NONE_PLACED: Placed = new Map();
 
 /** One piece of a blob on the wire: `bytes` of the blob `hash` at `offset`; `final` ends the blob. */
 export type Piece = [hash: string, offset: number, bytes: Uint8Array, final: boolean];
@@ -164,6 +165,8 @@ export interface SendOptions {
   chunkSize?: number;
   /** Calls sent and not yet answered: hides round trips and keeps the destination's writers busy. */
   window?: number;
+  /** Packages shipped from outside the root, read where they are (ManifestOptions.above). */
+  placed?: Placed;
 }
 
 /**
@@ -189,7 +192,7 @@ export async function sendBlobs(root: string, manifest: Manifest, lacking: reado
     if (!isFileEntry(entry) || !wanted.delete(entry.hash)) continue;
     let offset = 0;
     // Reading through the root follows the links that buildManifest shipped as content.
-    for await (const piece of readPieces(join(root, entry.path), entry.size, chunkSize)) {
+    for await (const piece of readPieces(sourcePath(root, options.placed ?? NONE_PLACED, entry.path), entry.size, chunkSize)) {
       batch.push([entry.hash, offset, piece, offset + piece.length === entry.size]);
       batched += piece.length;
       offset += piece.length;

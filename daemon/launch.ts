@@ -204,11 +204,11 @@ export function tail(log: string, lines = 8): string {
 
 // What Node says when a package or module is not where it looks (CommonJS and ESM).
 const NOT_FOUND = /\b(?:ERR_MODULE_NOT_FOUND|MODULE_NOT_FOUND)\b/;
-const NOT_SHIPPED = `\n(a package that only devDependencies need does not travel: declare it in dependencies, or ship the whole root with "rpcmig": { "${OPT_OUT}": true } in package.json)`;
+const NOT_SHIPPED = `\n(a package that only devDependencies need does not travel, nor one from outside the package root that no dependencies name: declare it in dependencies, or ship the whole root with "rpcmig": { "${OPT_OUT}": true } in package.json)`;
 
 /**
  * The end of `log`, as a clause for an error message ("; its log ends: ..."); empty if nothing
- * is there. A module not found may be one that stayed behind (packages.ts): the clause says so.
+ * is there. A module not found may be one that stayed behind or was not brought (packages.ts): the clause says so.
  */
 export function lastWords(log: string): string {
   const text = tail(log);

@@ -6,7 +6,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { dirname, join, relative, resolve } from 'node:path';
 import { RpcmigError } from '../runtime/errors.js';
-import { leftBehind } from './packages.js';
+import { fromAbove, leftBehind, type Placed } from './packages.js';
 import { isBelowAny, isInside, realOrUndefined } from './paths.js';
 import { DEFAULT_LIMITS, isFileEntry, refuse, validateManifest, type Entry, type FileMode, type Limits, type Manifest } from './validate.js';
 
@@ -29,6 +29,8 @@ export interface ManifestOptions {
   watch?: (dir: string) => void;
   /** Told the paths, relative to the root, of the directories found and left behind (packages.ts), in the order walked. */
   behind?: (paths: string[]) => void;
+  /** Told the packages shipped from outside the root (packages.ts, `fromAbove`): the source reads their files there (`sourcePath`). */
+  above?: (placed: Placed) => void;
 }
 
 /** Hashing work done by this process, so that callers and tests can see the cache at work. */
@@ -106,9 +108,10 @@ export async function findPackageRoot(entry: string): Promise<string> {
 
 /**
  * Walks the package root (node_modules included, but for the packages that only its
- * devDependencies need and the tools' caches; `.git` directories and `exclude` left out) and
- * hashes every file. Links resolving inside the root are kept as relative links; links leaving
- * it are shipped as the content they point to (see `walkLink`).
+ * devDependencies need and the tools' caches; `.git` directories and `exclude` left out), and
+ * the packages it needs from outside it (a workspace's hoisted node_modules), and hashes every
+ * file. Links resolving inside the root are kept as relative links; links leaving it are
+ * shipped as the content they point to (see `walkLink`).
  */
 export async function buildManifest(root: string, options: ManifestOptions): Promise<Manifest> {
   const limits = { ...DEFAULT_LIMITS, ...options.limits };
@@ -119,9 +122,12 @@ export async function buildManifest(root: string, options: ManifestOptions): Pro
     exclude.add(await realpath(path).catch(() => resolve(path)));
   }
   const behind = new Set(leftBehind(realRoot, options.watch));
+  const placed = fromAbove(realRoot, behind, options.watch);
   const walk: Walk = { root: realRoot, watch: options.watch, exclude, behind, behindPaths: [], limits, files: [], links: [], bytes: 0, visited: 0 };
   const began = performance.now();
   await walkDir(walk, realRoot, '', []);
+  await walkPlaced(walk, placed);
+  options.above?.(placed);
   options.walked?.(performance.now() - began);
   options.behind?.(walk.behindPaths);
   const files: Entry[] = [];
@@ -247,6 +253,18 @@ async function walkLink(walk: Walk, abs: string, path: string, followed: readonl
   }
   if (!st.isDirectory()) walk.watch?.(dirname(real));
   return walkNode(walk, real, path, st, [...followed, real]);
+}
+
+/**
+ * The packages from outside the root (packages.ts, `fromAbove`), each shipped as the content of
+ * its real directory at its place, as a link leaving the root is; a dangling link there goes.
+ */
+async function walkPlaced(walk: Walk, placed: Placed): Promise<void> {
+  walk.links = walk.links.filter(({ path }) => !placed.has(path));
+  for (const [path, real] of placed) {
+    if (isInside(real, walk.root)) throw refuse(path, `the package at ${real} contains the package root: the server cannot be shipped without it`);
+    await walkNode(walk, real, path, statSync(real), [real]);
+  }
 }
 
 /** The hash of a file found as it was sealed in a tree built from `manifest`, taken into the cache. */

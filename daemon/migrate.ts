@@ -12,7 +12,7 @@ import { deferred, type Deferred } from './deferred.js';
 import { failpoint, type Failpoint } from '../runtime/failpoints.js';
 import { writeOrder } from './recover.js';
 import type { Server } from './names.js';
-import { sendBlobs, type Manifest } from './transfer.js';
+import { sendBlobs, type Manifest, type Placed } from './transfer.js';
 import { shipmentOf } from './programs.js';
 import { isFileEntry } from './validate.js';
 import type { ShipmentHead } from './shipment.js';
@@ -206,12 +206,12 @@ export class Coordinator {
       await callPeer(move, 'abort', [move.id, 'the program changed since its last move']);
       this.ctx.log(`migration ${move.id}: ${move.server.name}'s program changed since its last move; shipping it again`);
     }
-    const { manifest, id } = await walked;
+    const { manifest, id, above } = await walked;
     // A right guess that the destination did not know needs no second asking.
     if (id === guess || !(await this.offer(move, { ...shipment, program: id }))) {
       const started = performance.now();
       const { lacking } = (await callPeer(move, 'prepare', [{ ...shipment, program: id, manifest }])) as { lacking: string[] };
-      move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking);
+      move.figures.program_bytes_sent = await this.ship(move, root, manifest, lacking, above);
       move.figures.copy_ms += performance.now() - started;
     }
     await callPeer(move, 'prestart', [move.id], START_TIMEOUT_MS);
@@ -235,7 +235,7 @@ export class Coordinator {
     return known === true;
   }
 
-  private ship(move: Move, root: string, manifest: Manifest, lacking: string[]): Promise<number> {
+  private ship(move: Move, root: string, manifest: Manifest, lacking: string[], placed: Placed): Promise<number> {
     const wanted = new Set(lacking);
     const total = manifest.entries.reduce((sum, e) => sum + (isFileEntry(e) && wanted.delete(e.hash) ? e.size : 0), 0);
     move.progress.begin('prepare', total);
@@ -243,7 +243,7 @@ export class Coordinator {
     return sendBlobs(root, manifest, lacking, async (pieces) => {
       await blob([move.id, pieces]);
       move.progress.add(pieces.reduce((sum, [, , bytes]) => sum + bytes.length, 0));
-    });
+    }, { placed });
   }
 
   /** Step 3: SIGUSR2; the server takes the order, quiesces, writes its snapshot and reports. */

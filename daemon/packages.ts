@@ -7,9 +7,13 @@
 // what the server may load, at any time, through any import. A package that nothing declares
 // is shipped, as is everything outside node_modules. node_modules/.cache, where tools keep what
 // they can make again (ts-patch, Babel, ESLint, webpack loaders), stays behind too.
-import { readFileSync } from 'node:fs';
+// The same walk, going on above the root, finds what the server loads from outside it: the
+// packages that npm and Yarn workspaces hoist to the workspace's node_modules, and those that
+// pnpm links from its store at the workspace's root. They travel too, placed in the shipped
+// tree where Node, looking up from the package that needs each, finds the same one.
+import { existsSync, readFileSync } from 'node:fs';
 import { basename, dirname, join, relative, sep } from 'node:path';
-import { isInside, realOrUndefined } from './paths.js';
+import { isBelowAny, isInside, realOrUndefined } from './paths.js';
 
 /** A package's own package.json field: `{ "rpcmig": { "shipDevDependencies": true } }` ships the whole root. */
 export const OPT_OUT = 'shipDevDependencies';
@@ -38,8 +42,88 @@ export const TOOL_CACHE = join('node_modules', '.cache');
 export function leftBehind(root: string, watch?: (dir: string) => void): string[] {
   watch?.(root);
   const manifest = readPackage(root);
-  if ((manifest?.rpcmig as Record<string, unknown> | undefined)?.[OPT_OUT] === true) return [];
+  if (optedOut(manifest)) return [];
   return [join(root, TOOL_CACHE), ...(manifest ? devOnlyPackages(root, manifest, watch) : [])];
+}
+
+/** Packages shipped from outside the root: each real directory by its path in the shipped tree ('/'-separated, relative to the root). */
+export type Placed = ReadonlyMap<string, string>;
+
+/** Where the file at `path` of the shipped tree is read: below the package placed at a prefix of it, or below the root. */
+export function sourcePath(root: string, placed: Placed, path: string): string {
+  for (let at = path; at !== ''; at = parentOf(at)) {
+    const real = placed.get(at);
+    if (real !== undefined) return join(real, path.slice(at.length));
+  }
+  return join(root, path);
+}
+
+/**
+ * The packages the server needs that lie outside the real directory `root` and that the tree
+ * as shipped would not hold: found from the root's package.json by Node's lookup, from each
+ * package's real directory up through every node_modules above it, over runtime dependencies
+ * (and the root's devDependencies too when it opts out). Each is placed where the same lookup
+ * in the shipped tree, from where the package that needs it is shipped, finds it: in the
+ * root's node_modules, or, where that holds another package of the name, in the node_modules
+ * of the package that needs it. `behind`: the real directories left behind (leftBehind).
+ * `watch` is told every node_modules above the root that a lookup reads.
+ */
+export function fromAbove(root: string, behind: ReadonlySet<string>, watch?: (dir: string) => void): Placed {
+  const placed = new Map<string, string>();
+  const manifest = readPackage(root);
+  if (manifest === undefined) return placed;
+  const graph = new Graph(root, watch);
+  /** The real directory that the shipped path holds, or undefined when it holds nothing. */
+  const sourceOf = (path: string): string | undefined => {
+    const real = realOrUndefined(sourcePath(root, placed, path));
+    return real !== undefined && !isBelowAny(behind, real) ? real : undefined;
+  };
+  /** Places `source` in the node_modules of the package shipped at `dir`, unless something is there. */
+  const place = (dir: string, name: string, source: string): string | undefined => {
+    const at = modulesOf(dir, name);
+    if (sourceOf(at) !== undefined) return undefined;
+    placed.set(at, source);
+    return at;
+  };
+  const shipped = new Set<string>(['']);
+  const start = optedOut(manifest) ? [...runtimeNames(manifest), ...names(manifest.devDependencies)] : runtimeNames(manifest);
+  const queue: Array<[path: string, real: string, wanted: string[]]> = [['', root, start]];
+  while (queue.length > 0 && !graph.overflowed) {
+    const [path, real, wanted] = queue.pop()!;
+    for (const name of wanted) {
+      const source = graph.resolve(real, name, false);
+      if (source === undefined) continue;
+      // Found nowhere in the shipped tree: in the root's node_modules; found as another package: in the one that needs it.
+      const found = lookup(path, name, sourceOf);
+      const at = found === undefined ? place('', name, source) : sourceOf(found) === source ? found : place(path, name, source);
+      if (at === undefined || shipped.has(at)) continue;
+      shipped.add(at);
+      queue.push([at, source, runtimeNames(graph.read(source))]);
+    }
+  }
+  return placed;
+}
+
+/** The first shipped path that Node's lookup of `name` from the package shipped at `path` finds holding something, if any. */
+function lookup(path: string, name: string, sourceOf: (path: string) => string | undefined): string | undefined {
+  for (let at = path; ; at = parentOf(at)) {
+    if (at !== 'node_modules' && !at.endsWith('/node_modules') && sourceOf(modulesOf(at, name)) !== undefined) return modulesOf(at, name);
+    if (at === '') return undefined;
+  }
+}
+
+/** The shipped path of the package `name` in the node_modules of the directory at `dir`. */
+function modulesOf(dir: string, name: string): string {
+  return dir === '' ? `node_modules/${name}` : `${dir}/node_modules/${name}`;
+}
+
+/** The parent of a shipped path ('' for the root). */
+function parentOf(path: string): string {
+  return path.slice(0, Math.max(path.lastIndexOf('/'), 0));
+}
+
+function optedOut(manifest: PackageJson | undefined): boolean {
+  return (manifest?.rpcmig as Record<string, unknown> | undefined)?.[OPT_OUT] === true;
 }
 
 /**
@@ -81,18 +165,26 @@ class Graph {
     return reached;
   }
 
-  /** Node's lookup of `name` from the package at `dir`, within the root: the real directory, or undefined. */
-  private resolve(dir: string, name: string): string | undefined {
-    for (let at = dir; isInside(this.root, at); at = dirname(at)) {
-      if (basename(at) === 'node_modules') continue;
-      const real = realOrUndefined(join(at, 'node_modules', name));
-      if (real !== undefined) return isInside(this.root, real) ? real : undefined;
-      if (at === this.root) break;
+  /**
+   * Node's lookup of `name` from the package at `dir`: the real directory it finds, or
+   * undefined; `within`: only inside the root, by lookups that stay inside it. The directories
+   * it reads above the root are watched.
+   */
+  resolve(dir: string, name: string, within = true): string | undefined {
+    for (let at = dir; ; at = dirname(at)) {
+      const above = !isInside(this.root, at);
+      if (above && within) return undefined;
+      if (basename(at) !== 'node_modules') {
+        const candidate = join(at, 'node_modules', name);
+        if (above && this.watch !== undefined && existsSync(dirname(candidate))) this.watch(dirname(candidate));
+        const real = realOrUndefined(candidate);
+        if (real !== undefined) return !within || isInside(this.root, real) ? real : undefined;
+      }
+      if (dirname(at) === at) return undefined;
     }
-    return undefined;
   }
 
-  private read(dir: string): PackageJson {
+  read(dir: string): PackageJson {
     if (!this.packages.has(dir)) {
       if (this.packages.size >= MAX_PACKAGES) this.overflowed = true;
       this.watch?.(dir);

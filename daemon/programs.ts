@@ -6,6 +6,7 @@ import { failpoint } from '../runtime/failpoints.js';
 import type { Server } from './names.js';
 import { realOrUndefined } from './paths.js';
 import type { ShipmentHead } from './shipment.js';
+import type { Placed } from './packages.js';
 import type { Manifest } from './transfer.js';
 import { Walker, type Walked } from './walker.js';
 
@@ -21,15 +22,15 @@ const SEED_DELAY_MS = 100;
 // How long after a server registers here its program's tree is walked, unless a move walked it
 // first: past the server's start-up (the walking thread yields to it anyway).
 const AHEAD_DELAY_MS = 200;
-// Paths of what stays behind (packages.ts) that the log names.
-const BEHIND_SHOWN = 5;
+// Paths of what stays behind, or comes from outside the root (packages.ts), that the log names.
+const SHOWN = 5;
 
 /** One walk of a program's tree, and what it is compared with. */
 export interface Walk {
   /** The root's id at its last move, if this daemon shipped it before, else at its walk ahead of a move. */
   guess?: string;
-  /** The manifest and its id, once walked. */
-  walked: Promise<{ manifest: Manifest; id: string }>;
+  /** The manifest and its id, once walked, and the packages it ships from outside the root (Walked.above). */
+  walked: Promise<{ manifest: Manifest; id: string; above: Placed }>;
   /** The id, once walked. */
   id?: string;
   /** A walk still running may run on beside the move (see OVERLAPPED_WALK_MS). */
@@ -60,11 +61,11 @@ export class Programs {
     const shipped = this.ids.get(root) ?? seeded;
     const guess = shipped ?? this.aheadIds.get(root);
     const mayOverlap = (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS;
-    const walked = walking.then(async ({ manifest, id }) => {
+    const walked = walking.then(async ({ manifest, id, above }) => {
       if (shipped !== undefined) await failpoint('rewalk.after', this.log);
       this.ids.set(root, id);
       walk.id = id;
-      return { manifest, id };
+      return { manifest, id, above };
     });
     // Awaited by the move; until then a refusal must not count as unhandled.
     walked.catch(() => undefined);
@@ -95,7 +96,8 @@ export class Programs {
     if (real === undefined) return;
     const unknown = () => !this.ids.has(real) && !this.aheadIds.has(real) && !this.built.has(real) && !this.walking.has(real);
     this.walkLater(real, AHEAD_DELAY_MS, unknown, this.aheadIds, `${label}'s program, ahead of a move`, (walked) => {
-      this.log(`${label}: its program (${real}) walked ahead of a move, ${walked.manifest.entries.length} entries${staysBehind(walked.behind)}`);
+      const above = [...walked.above.keys()];
+      this.log(`${label}: its program (${real}) walked ahead of a move, ${walked.manifest.entries.length} entries${listed(walked.behind, 'stays behind', 'stay behind')}${listed(above, 'package comes from outside it', 'packages come from outside it')}`);
     });
   }
 
@@ -142,9 +144,9 @@ export async function shipmentOf(id: string, server: Server, root: string, sourc
   return { id, name: server.name, source, entry, argv: server.argv, execArgv: server.execArgv ?? [], cwd: cwd.startsWith('..') ? '' : cwd };
 }
 
-/** What of a tree stays behind (packages.ts), as a clause for the log: the first few paths, and how many. */
-function staysBehind(paths: readonly string[]): string {
+/** What of a tree stays behind, or comes from outside it (packages.ts), as a clause for the log: the first few paths, and how many. */
+function listed(paths: readonly string[], one: string, many: string): string {
   if (paths.length === 0) return '';
-  const shown = paths.slice(0, BEHIND_SHOWN).join(', ');
-  return `; ${paths.length} ${paths.length === 1 ? 'stays' : 'stay'} behind (${shown}${paths.length > BEHIND_SHOWN ? ', …' : ''})`;
+  const shown = paths.slice(0, SHOWN).join(', ');
+  return `; ${paths.length} ${paths.length === 1 ? one : many} (${shown}${paths.length > SHOWN ? ', …' : ''})`;
 }

@@ -13,6 +13,7 @@ import { RpcmigError } from '../runtime/errors.js';
 import { SEALED_MTIME } from './blobs.js';
 import { buildManifest, filesOf, manifestId } from './manifest.js';
 import { TreeWatch } from './watch.js';
+import type { Placed } from './packages.js';
 import type { Manifest } from './validate.js';
 
 // The walking thread's nice value (Linux schedules threads one by one).
@@ -32,14 +33,15 @@ interface FilesRequest {
 }
 type Request = WalkRequest | FilesRequest;
 
-/** `manifest` and `behind` are left out when the manifest is the one last sent for that root; `walkMs` when the tree was not listed (unchanged). */
-type Reply = { id: number; program: string; manifest?: Manifest; behind?: string[]; walkMs?: number } | { id: number; files: Array<[hash: string, path: string]> } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
+/** `manifest`, `behind` and `above` are left out when the manifest is the one last sent for that root; `walkMs` when the tree was not listed (unchanged). */
+type Reply = { id: number; program: string; manifest?: Manifest; behind?: string[]; above?: Placed; walkMs?: number } | { id: number; files: Array<[hash: string, path: string]> } | { id: number; error: { message: string; code?: string; details?: Record<string, unknown> } };
 
-/** A walked tree: its manifest and the manifest's id, and what of it stays behind (ManifestOptions.behind). */
+/** A walked tree: its manifest and the manifest's id, what of it stays behind (ManifestOptions.behind), and what comes from outside it (ManifestOptions.above). */
 export interface Walked {
   manifest: Manifest;
   id: string;
   behind: string[];
+  above: Placed;
 }
 
 export class Walker {
@@ -64,7 +66,7 @@ export class Walker {
     const last = this.last.get(root);
     const manifest = reply.manifest ?? last?.manifest;
     if (manifest === undefined) throw new Error(`the walk of ${root} came back without its manifest`);
-    const result = { manifest, id: reply.program, behind: reply.behind ?? last?.behind ?? [] };
+    const result = { manifest, id: reply.program, behind: reply.behind ?? last?.behind ?? [], above: reply.above ?? last?.above ?? new Map() };
     this.last.set(root, result);
     return result;
   }
@@ -147,14 +149,15 @@ if (!isMainThread && parentPort) {
     const watch = new TreeWatch();
     let walkMs = 0;
     let behind: string[] = [];
+    let above: Placed = new Map();
     const walked = (ms: number) => (walkMs = ms);
-    const options = { exclude, walked, behind: (paths: string[]) => (behind = paths), watch: (dir: string) => watch.add(dir) };
+    const options = { exclude, walked, behind: (paths: string[]) => (behind = paths), above: (placed: Placed) => (above = placed), watch: (dir: string) => watch.add(dir) };
     buildManifest(root, { ...options, ...(seed ? { built: { manifest: seed, mtime: SEALED_MTIME } } : {}) }).then(
       (manifest) => {
         const program = manifestId(manifest);
         const changed = sent.get(root) !== program;
         sent.set(root, program);
-        reply({ id, program, walkMs, ...(changed ? { manifest, behind } : {}) });
+        reply({ id, program, walkMs, ...(changed ? { manifest, behind, above } : {}) });
         keep(root, watch);
       },
       (error: Error) => {

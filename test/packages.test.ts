@@ -6,7 +6,7 @@ import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { buildManifest } from '../daemon/transfer.js';
-import { leftBehind } from '../daemon/packages.js';
+import { fromAbove, leftBehind, sourcePath } from '../daemon/packages.js';
 
 const base = realpathSync(mkdtempSync(join(tmpdir(), 'rpcmig-packages-')));
 test.after(() => rmSync(base, { recursive: true, force: true }));
@@ -18,6 +18,11 @@ function makeRoot(root: object, packages: Record<string, object | string>): stri
   mkdirSync(dir);
   writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'app', ...root }));
   writeFileSync(join(dir, 'server.js'), '');
+  addPackages(dir, packages);
+  return dir;
+}
+
+function addPackages(dir: string, packages: Record<string, object | string>): void {
   for (const [path, fields] of Object.entries(packages)) {
     mkdirSync(dirname(join(dir, path)), { recursive: true });
     if (typeof fields === 'string') symlinkSync(fields, join(dir, path));
@@ -27,7 +32,20 @@ function makeRoot(root: object, packages: Record<string, object | string>): stri
       writeFileSync(join(dir, path, 'index.js'), '');
     }
   }
-  return dir;
+}
+
+/** A workspace with its own packages, and the package root `packages/app` in it. */
+function makeWorkspace(app: object, packages: Record<string, object | string>): { workspace: string; root: string } {
+  const workspace = join(base, String(count++));
+  mkdirSync(workspace);
+  writeFileSync(join(workspace, 'package.json'), JSON.stringify({ name: 'workspace', private: true, workspaces: ['packages/*'] }));
+  addPackages(workspace, { 'packages/app': { name: 'app', ...app }, ...packages });
+  return { workspace, root: join(workspace, 'packages', 'app') };
+}
+
+/** What fromAbove places, with each real directory relative to the workspace. */
+function placedIn(workspace: string, root: string): Array<[string, string]> {
+  return [...fromAbove(root, new Set(leftBehind(root)))].map(([path, real]): [string, string] => [path, real.slice(workspace.length + 1)]).sort();
 }
 
 const leftOut = (root: string): string[] => leftBehind(root).map((dir) => dir.slice(root.length + 1)).filter((dir) => dir !== 'node_modules/.cache').sort();
@@ -101,6 +119,67 @@ test('the manifest leaves out the dev-only packages, the links into them and the
   writeFileSync(join(root, 'package.json'), JSON.stringify({ devDependencies: { tool: '1' }, rpcmig: { shipDevDependencies: true } }));
   const whole = (await buildManifest(root, { exclude: [] })).entries.map((entry) => entry.path);
   assert.ok(['node_modules/.cache/tool/index.js', 'node_modules/.bin/tool', 'node_modules/tool/index.js'].every((path) => whole.includes(path)), whole.join(' '));
+});
+
+test('a workspace\'s hoisted packages that the server needs come from above its root, each where Node finds the same one', () => {
+  const { workspace, root } = makeWorkspace({ dependencies: { rpc: '1', lib: '1', shared: '2' }, devDependencies: { tool: '1' } }, {
+    'node_modules/rpc': { dependencies: { helper: '1' } },
+    'node_modules/helper': {},
+    'node_modules/shared': { version: '1.0.0' },
+    'node_modules/tool': { dependencies: { 'tool-lib': '1' } },
+    'node_modules/tool-lib': {},
+    'node_modules/other': {},
+    'node_modules/lib': '../packages/lib',
+    'packages/lib': { name: 'lib', dependencies: { shared: '1', own: '1', missing: '1' } },
+    'packages/lib/node_modules/own': {},
+    'packages/app/node_modules/shared': { version: '2.0.0' },
+  });
+  assert.equal(placedIn(workspace, root), [
+    ['node_modules/helper', 'node_modules/helper'],
+    ['node_modules/lib', 'packages/lib'],
+    // The app's own shared is 2.0.0: lib's, hoisted, goes where lib finds it first.
+    ['node_modules/lib/node_modules/shared', 'node_modules/shared'],
+    ['node_modules/rpc', 'node_modules/rpc'],
+  ]);
+  const opted = makeWorkspace({ dependencies: { rpc: '1' }, devDependencies: { tool: '1' }, rpcmig: { shipDevDependencies: true } }, {
+    'node_modules/rpc': {},
+    'node_modules/tool': { dependencies: { 'tool-lib': '1' } },
+    'node_modules/tool-lib': {},
+  });
+  assert.equal(placedIn(opted.workspace, opted.root).map(([path]) => path), ['node_modules/rpc', 'node_modules/tool', 'node_modules/tool-lib'], 'shipDevDependencies brings the dev tools too');
+});
+
+test('a package linked from a store outside the root brings the packages it finds beside it in the store', () => {
+  const { workspace, root } = makeWorkspace({ dependencies: { rpc: '1' } }, {
+    'node_modules/.pnpm/rpc@1/node_modules/rpc': { dependencies: { helper: '1' } },
+    'node_modules/.pnpm/rpc@1/node_modules/helper': '../../helper@1/node_modules/helper',
+    'node_modules/.pnpm/helper@1/node_modules/helper': { dependencies: { rpc: '1' } },
+    'node_modules/.pnpm/helper@1/node_modules/rpc': '../../rpc@1/node_modules/rpc',
+    'packages/app/node_modules/rpc': '../../../node_modules/.pnpm/rpc@1/node_modules/rpc',
+  });
+  // rpc travels as the content of its link; helper, beside it in the store, is placed; helper's rpc is that rpc.
+  assert.equal(placedIn(workspace, root), [['node_modules/helper', 'node_modules/.pnpm/helper@1/node_modules/helper']]);
+});
+
+test('the manifest carries what comes from above the root, read from where it is', async () => {
+  const { workspace, root } = makeWorkspace({ dependencies: { rpc: '1', lib: '1' }, devDependencies: { tool: '1' } }, {
+    'node_modules/rpc': {},
+    'node_modules/tool': {},
+    'node_modules/lib': '../packages/lib',
+    'packages/lib': { name: 'lib' },
+    'packages/lib/node_modules/own': {},
+    // A dangling link where a placed package goes gives way to it.
+    'packages/app/node_modules/rpc': '../gone',
+  });
+  let above = new Map<string, string>();
+  const manifest = await buildManifest(root, { exclude: [], above: (placed) => (above = new Map(placed)) });
+  assert.equal(manifest.entries.map((entry) => entry.path), [
+    'index.js', 'node_modules/lib/index.js', 'node_modules/lib/node_modules/own/index.js', 'node_modules/lib/node_modules/own/package.json', 'node_modules/lib/package.json',
+    'node_modules/rpc/index.js', 'node_modules/rpc/package.json', 'package.json',
+  ]);
+  assert.equal([...above.keys()].sort(), ['node_modules/lib', 'node_modules/rpc']);
+  assert.is(sourcePath(root, above, 'node_modules/lib/node_modules/own/index.js'), join(workspace, 'packages', 'lib', 'node_modules', 'own', 'index.js'));
+  assert.is(sourcePath(root, above, 'index.js'), join(root, 'index.js'));
 });
 
 test.run();

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { loadKey, openDaemon, parseAddress, type DaemonLink } from '../runtime/daemonlink.js';
 import { connect, RpcmigError } from '../runtime/index.js';
 import { encodeState } from '../runtime/state.js';
-import { buildManifest, findPackageRoot, manifestId, sendBlobs, type Manifest } from '../daemon/transfer.js';
+import { buildManifest, findPackageRoot, manifestId, sendBlobs, type Manifest, type Placed } from '../daemon/transfer.js';
 import { Cluster, COUNTER, startedBy } from './helpers/cluster.js';
 import { linesAbout, type DaemonProcess } from './helpers/daemon.js';
 import { isAlive, waitFor } from './helpers/process.js';
@@ -125,12 +125,14 @@ const counterState = (name: string, count = 41) => stateFile({ 'counter/server.t
 
 test('a well-formed move from this peer serves: the harness speaks the protocol', async () => {
   programRoot = await findPackageRoot(COUNTER);
-  program = await buildManifest(programRoot, { exclude: [] });
+  // msgpackr's optional native part may come from this repository's node_modules, above the fixtures.
+  let above: Placed = new Map();
+  program = await buildManifest(programRoot, { exclude: [], above: (placed) => (above = placed) });
   const ship = shipment('peer-ok', { manifest: program });
   const id = ship.id as string;
   const { lacking } = (await link.call('prepare', [ship])) as { lacking: string[] };
   assert.ok(lacking.length > 0);
-  await sendBlobs(programRoot, program, lacking, (pieces) => link.call('blob', [id, pieces]));
+  await sendBlobs(programRoot, program, lacking, (pieces) => link.call('blob', [id, pieces]), { placed: above });
   assert.equal(await link.call('prestart', [id]), { standby: true });
   await link.call('state', [id, 0, counterState('peer-ok'), true]);
   const started = (await link.call('start', [id])) as { address: string; epoch: number; pid: number };

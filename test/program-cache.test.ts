@@ -195,6 +195,38 @@ test('what only devDependencies need stays behind: the server imports a dependen
   assert.is.not((await loaded.where()).pid, loader.pid, 'imported where it arrived');
 });
 
+test('a server in a workspace moves with the packages the workspace hoisted above its root; one installed there after the walk ahead travels', async () => {
+  // npm's layout: the app's dependencies in the workspace's node_modules, a package of the workspace linked there.
+  const workspace = join(cluster.dir, 'workspace');
+  const app = join(workspace, 'packages', 'app');
+  cpSync(join(ROOT, 'fixtures'), app, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) && !path.includes(`${join('fixtures', 'node_modules')}`) });
+  cpSync(join(ROOT, 'fixtures', 'node_modules'), join(workspace, 'node_modules'), { recursive: true });
+  writeFileSync(join(workspace, 'package.json'), JSON.stringify({ name: 'workspace', private: true, workspaces: ['packages/*'] }));
+  const lib = join(workspace, 'packages', 'lib');
+  mkdirSync(lib);
+  writeFileSync(join(lib, 'package.json'), JSON.stringify({ name: 'lib', version: '1.0.0' }));
+  writeFileSync(join(lib, 'index.js'), 'exports.name = "lib";');
+  symlinkSync(join('..', 'packages', 'lib'), join(workspace, 'node_modules', 'lib'));
+  const declared = JSON.parse(readFileSync(join(app, 'package.json'), 'utf8'));
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ ...declared, dependencies: { ...declared.dependencies, lib: '1.0.0', late: '1.0.0' } }));
+  const started = await cluster.server(join(app, 'dist', 'counter', 'server.js'), a, ['--name', 'in-workspace'], {}, { cwd: app });
+  const client = await cluster.connect<Counter>('in-workspace', a);
+  await client.incr(4);
+  const ahead = /in-workspace: its program \(.*packages\/app\) walked ahead of a move, \d+ entries; 3 packages come from outside it \(node_modules\/\S+, node_modules\/\S+, node_modules\/\S+\)/;
+  assert.ok(await waitFor(() => ahead.test(a.stderr())), a.stderr());
+  assert.match(a.stderr().match(ahead)![0], /node_modules\/lib\b/);
+  // After the walk ahead, the workspace installs a dependency the app declares: only its node_modules changes.
+  mkdirSync(join(workspace, 'node_modules', 'late'));
+  writeFileSync(join(workspace, 'node_modules', 'late', 'index.js'), 'exports.name = "late";');
+  writeFileSync(join(workspace, 'node_modules', 'late', 'package.json'), JSON.stringify({ name: 'late', version: '1.0.0' }));
+  breakdown(await cluster.migrate('in-workspace', a, b, ['--grace', '0.2']));
+  const tree = treeOf(b, 'in-workspace');
+  assert.ok(['rpcmig/package.json', 'msgpackr/package.json', 'lib/index.js', 'late/index.js'].every((path) => existsSync(join(tree, 'node_modules', path))));
+  assert.equal([await client.load('lib'), await client.load('late')], ['lib', 'late'], 'imported where it arrived');
+  assert.is(await client.incr(1), 5);
+  assert.is.not((await client.where()).pid, started.pid);
+});
+
 test('a server that comes back to a host it left brings no program bytes: that host takes the files from its own tree; one changed there since travels', async () => {
   const [x, y] = [await cluster.daemon(), await cluster.daemon()];
   const { server, pkg } = programCopy('returning-program');
