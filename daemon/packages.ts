@@ -176,7 +176,8 @@ class Graph {
       if (above && within) return undefined;
       if (basename(at) !== 'node_modules') {
         const candidate = join(at, 'node_modules', name);
-        if (above && this.watch !== undefined && existsSync(dirname(candidate))) this.watch(dirname(candidate));
+        // A package installed there later appears in node_modules, or in its scope's directory.
+        if (above) for (const dir of new Set([join(at, 'node_modules'), dirname(candidate)])) if (existsSync(dir)) this.watch?.(dir);
         const real = realOrUndefined(candidate);
         if (real !== undefined) return !within || isInside(this.root, real) ? real : undefined;
       }

@@ -141,6 +141,13 @@ test('a workspace\'s hoisted packages that the server needs come from above its 
     ['node_modules/lib/node_modules/shared', 'node_modules/shared'],
     ['node_modules/rpc', 'node_modules/rpc'],
   ]);
+  // A package the app declares but nobody installed yet: the node_modules it would be installed in are watched, with a scope's directory.
+  writeFileSync(join(root, 'package.json'), JSON.stringify({ name: 'app', dependencies: { '@scope/late': '1', '@new/late': '1' } }));
+  addPackages(workspace, { 'node_modules/@scope/other': {} });
+  const watched = new Set<string>();
+  fromAbove(root, new Set(), (dir) => watched.add(dir));
+  assert.ok([join(workspace, 'node_modules'), join(workspace, 'node_modules', '@scope')].every((dir) => watched.has(dir)), [...watched].join(' '));
+  assert.not.ok(watched.has(join(workspace, 'packages', 'node_modules')), 'a node_modules that is not there is not watched');
   const opted = makeWorkspace({ dependencies: { rpc: '1' }, devDependencies: { tool: '1' }, rpcmig: { shipDevDependencies: true } }, {
     'node_modules/rpc': {},
     'node_modules/tool': { dependencies: { 'tool-lib': '1' } },
