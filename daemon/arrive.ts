@@ -177,6 +177,8 @@ export class Arrivals {
     const bootstrap = standbyScript(join(program, arrival.entry));
     if (bootstrap === undefined) return { standby: false };
     const log = await this.logFile(arrival);
+    // An abort taken while the tree was built removed the arrival: nothing may start for it.
+    if (this.arrivals.get(arrival.id) !== arrival) throw refuseMigration(`migration ${arrival.id} was aborted before its standby started`);
     const spec: Launch = {
       program, entry: relative(program, bootstrap), cwd: arrival.cwd, argv: [join(program, arrival.entry), ...arrival.argv],
       execArgv: arrival.execArgv, log, env: { ...this.ctx.serverEnv, [STANDBY_ENV]: arrival.id, [ARRIVAL_ENV]: arrival.id }, pipe: true,

@@ -189,6 +189,20 @@ test('state pieces out of bounds or with gaps are refused, and a start without t
   assert.ok(gone(id));
 });
 
+test('an abort that comes while the destination prepares the standby starts nothing and keeps nothing', async () => {
+  const before = listing();
+  const ship = shipment('peer-early-abort', { program: manifestId(program) });
+  const id = ship.id as string;
+  assert.equal(await link.call('prepare', [ship]), { known: true, lacking: [] });
+  // Sent together: the abort is taken while the prestart waits for the program's tree.
+  const [prestart] = await Promise.allSettled([link.call('prestart', [id]), link.call('abort', [id, 'test'])]);
+  assert.is(prestart.status, 'rejected', 'the prestart of an aborted move fails');
+  assert.match((prestart as PromiseRejectedResult).reason.message, `migration ${id} was aborted`);
+  assert.not.match(dst.stderr(), `migration ${id}: standby`, 'no standby was started');
+  await nothingRuns('peer-early-abort');
+  assert.equal(listing(), before, 'nothing of the move is kept');
+});
+
 const BAD_STATES: Array<[string, (name: string) => Buffer, RegExp, string[]?]> = [
   ["rdict's state", () => stateFile({ 'rdict/server.ts#dict': new Map([['apple', 'a round fruit']]), 'rdict/server.ts#lookups': 7, 'rpcmig:epoch:rdict': 2 }), /the state file is rdict's, not peer-state0's/],
   ["another counter's state", () => counterState('other-counter'), /the state file is other-counter's, not peer-state1's/],
