@@ -42,10 +42,7 @@ export interface ArrivalContext {
 type Phase = 'receiving' | 'starting' | 'started';
 
 /** Where the started server serves, and its epoch. */
-interface Arrived {
-  address: string;
-  epoch: number;
-}
+type Arrived = { address: string; epoch: number };
 
 interface Arrival extends Shipment {
   peer: object;
@@ -359,6 +356,8 @@ export class Arrivals {
     this.arrivals.delete(arrival.id);
     clearTimeout(arrival.silence);
     if (arrival.pid !== undefined) kill(arrival.pid);
+    // A server it started may have registered: its name is free for the next move now, not once its exit is seen.
+    this.ctx.evict(arrival.name, arrival.id);
     await arrival.receiver.abort().catch(() => undefined);
     await arrival.state.discard();
     await rm(arrival.dir, { recursive: true, force: true });

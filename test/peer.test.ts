@@ -203,6 +203,21 @@ test('an abort that comes while the destination prepares the standby starts noth
   assert.equal(listing(), before, 'nothing of the move is kept');
 });
 
+test('a move aborted after its server started frees the name at once: the next move of that name is taken', async () => {
+  const ship = shipment('peer-again', { program: manifestId(program) });
+  const id = ship.id as string;
+  assert.equal(await link.call('prepare', [ship]), { known: true, lacking: [] });
+  assert.equal(await link.call('prestart', [id]), { standby: true });
+  await link.call('state', [id, 0, counterState('peer-again'), true]);
+  await link.call('start', [id]);
+  // Rolled back at its commit (the program changed while it moved), and sent again at once.
+  await link.call('abort', [id, 'test']);
+  const again = shipment('peer-again', { program: manifestId(program) });
+  assert.equal(await link.call('prepare', [again]), { known: true, lacking: [] });
+  await link.call('abort', [again.id, 'test']);
+  await nothingRuns('peer-again');
+});
+
 const BAD_STATES: Array<[string, (name: string) => Buffer, RegExp, string[]?]> = [
   ["rdict's state", () => stateFile({ 'rdict/server.ts#dict': new Map([['apple', 'a round fruit']]), 'rdict/server.ts#lookups': 7, 'rpcmig:epoch:rdict': 2 }), /the state file is rdict's, not peer-state0's/],
   ["another counter's state", () => counterState('other-counter'), /the state file is other-counter's, not peer-state1's/],
