@@ -21,7 +21,6 @@ const BLOB_WINDOW = 8;
 const CHUNK_BYTES = 2 ** 20;
 // Blobs copied from this host's own files between two yields to the event loop (~3 ms).
 const HERE_SLICE = 32;
-const NONE_PLACED: Placed = new Map();
 
 /** One piece of a blob on the wire: `bytes` of the blob `hash` at `offset`; `final` ends the blob. */
 export type Piece = [hash: string, offset: number, bytes: Uint8Array, final: boolean];
@@ -178,6 +177,7 @@ export async function sendBlobs(root: string, manifest: Manifest, lacking: reado
   const wanted = new Set(lacking);
   const window = new Window(options.window ?? BLOB_WINDOW);
   const chunkSize = options.chunkSize ?? CHUNK_BYTES;
+  const placed = options.placed ?? new Map<string, string>();
   let batch: Piece[] = [];
   let batched = 0;
   let sent = 0;
@@ -192,7 +192,7 @@ export async function sendBlobs(root: string, manifest: Manifest, lacking: reado
     if (!isFileEntry(entry) || !wanted.delete(entry.hash)) continue;
     let offset = 0;
     // Reading through the root follows the links that buildManifest shipped as content.
-    for await (const piece of readPieces(sourcePath(root, options.placed ?? NONE_PLACED, entry.path), entry.size, chunkSize)) {
+    for await (const piece of readPieces(sourcePath(root, placed, entry.path), entry.size, chunkSize)) {
       batch.push([entry.hash, offset, piece, offset + piece.length === entry.size]);
       batched += piece.length;
       offset += piece.length;

@@ -95,7 +95,7 @@ export function fromAbove(root: string, behind: ReadonlySet<string>, watch?: (di
       if (source === undefined) continue;
       // Found nowhere in the shipped tree: in the root's node_modules; found as another package: in the one that needs it.
       const found = lookup(path, name, sourceOf);
-      const at = found === undefined ? place('', name, source) : sourceOf(found) === source ? found : place(path, name, source);
+      const at = found === undefined ? place('', name, source) : found.real === source ? found.at : place(path, name, source);
       if (at === undefined || shipped.has(at)) continue;
       shipped.add(at);
       queue.push([at, source, runtimeNames(graph.read(source))]);
@@ -104,11 +104,15 @@ export function fromAbove(root: string, behind: ReadonlySet<string>, watch?: (di
   return placed;
 }
 
-/** The first shipped path that Node's lookup of `name` from the package shipped at `path` finds holding something, if any. */
-function lookup(path: string, name: string, sourceOf: (path: string) => string | undefined): string | undefined {
-  for (let at = path; ; at = parentOf(at)) {
-    if (at !== 'node_modules' && !at.endsWith('/node_modules') && sourceOf(modulesOf(at, name)) !== undefined) return modulesOf(at, name);
-    if (at === '') return undefined;
+/** The first shipped path that Node's lookup of `name` from the package shipped at `path` finds holding something, and what it holds; if any. */
+function lookup(path: string, name: string, sourceOf: (path: string) => string | undefined): { at: string; real: string } | undefined {
+  for (let dir = path; ; dir = parentOf(dir)) {
+    if (dir !== 'node_modules' && !dir.endsWith('/node_modules')) {
+      const at = modulesOf(dir, name);
+      const real = sourceOf(at);
+      if (real !== undefined) return { at, real };
+    }
+    if (dir === '') return undefined;
   }
 }
 

@@ -6,7 +6,6 @@ import { failpoint } from '../runtime/failpoints.js';
 import type { Server } from './names.js';
 import { realOrUndefined } from './paths.js';
 import type { ShipmentHead } from './shipment.js';
-import type { Placed } from './packages.js';
 import type { Manifest } from './transfer.js';
 import { Walker, type Walked } from './walker.js';
 
@@ -29,8 +28,8 @@ const SHOWN = 5;
 export interface Walk {
   /** The root's id at its last move, if this daemon shipped it before, else at its walk ahead of a move. */
   guess?: string;
-  /** The manifest and its id, once walked, and the packages it ships from outside the root (Walked.above). */
-  walked: Promise<{ manifest: Manifest; id: string; above: Placed }>;
+  /** The tree, once walked. */
+  walked: Promise<Walked>;
   /** The id, once walked. */
   id?: string;
   /** A walk still running may run on beside the move (see OVERLAPPED_WALK_MS). */
@@ -61,11 +60,11 @@ export class Programs {
     const shipped = this.ids.get(root) ?? seeded;
     const guess = shipped ?? this.aheadIds.get(root);
     const mayOverlap = (this.walkMs.get(root) ?? Infinity) <= OVERLAPPED_WALK_MS;
-    const walked = walking.then(async ({ manifest, id, above }) => {
+    const walked = walking.then(async (tree) => {
       if (shipped !== undefined) await failpoint('rewalk.after', this.log);
-      this.ids.set(root, id);
-      walk.id = id;
-      return { manifest, id, above };
+      this.ids.set(root, tree.id);
+      walk.id = tree.id;
+      return tree;
     });
     // Awaited by the move; until then a refusal must not count as unhandled.
     walked.catch(() => undefined);

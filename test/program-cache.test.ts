@@ -5,7 +5,7 @@
 // the program.
 import { test } from 'uvu';
 import * as assert from 'uvu/assert';
-import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, symlinkSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { RpcmigError } from '../runtime/index.js';
 import { loadKey, openDaemon } from '../runtime/daemonlink.js';
@@ -197,19 +197,18 @@ test('what only devDependencies need stays behind: the server imports a dependen
 
 test('a server in a workspace moves with the packages the workspace hoisted above its root; one installed there after the walk ahead travels', async () => {
   // npm's layout: the app's dependencies in the workspace's node_modules, a package of the workspace linked there.
-  const workspace = join(cluster.dir, 'workspace');
-  const app = join(workspace, 'packages', 'app');
-  cpSync(join(ROOT, 'fixtures'), app, { recursive: true, filter: (path) => !path.includes(`${join('fixtures', 'transform')}`) && !path.includes(`${join('fixtures', 'node_modules')}`) });
-  cpSync(join(ROOT, 'fixtures', 'node_modules'), join(workspace, 'node_modules'), { recursive: true });
+  const { server, pkg } = programCopy(join('workspace', 'packages', 'app'));
+  const [app, workspace] = [dirname(pkg), join(cluster.dir, 'workspace')];
+  renameSync(join(app, 'node_modules'), join(workspace, 'node_modules'));
   writeFileSync(join(workspace, 'package.json'), JSON.stringify({ name: 'workspace', private: true, workspaces: ['packages/*'] }));
   const lib = join(workspace, 'packages', 'lib');
   mkdirSync(lib);
   writeFileSync(join(lib, 'package.json'), JSON.stringify({ name: 'lib', version: '1.0.0' }));
   writeFileSync(join(lib, 'index.js'), 'exports.name = "lib";');
   symlinkSync(join('..', 'packages', 'lib'), join(workspace, 'node_modules', 'lib'));
-  const declared = JSON.parse(readFileSync(join(app, 'package.json'), 'utf8'));
-  writeFileSync(join(app, 'package.json'), JSON.stringify({ ...declared, dependencies: { ...declared.dependencies, lib: '1.0.0', late: '1.0.0' } }));
-  const started = await cluster.server(join(app, 'dist', 'counter', 'server.js'), a, ['--name', 'in-workspace'], {}, { cwd: app });
+  const declared = JSON.parse(readFileSync(pkg, 'utf8'));
+  writeFileSync(pkg, JSON.stringify({ ...declared, dependencies: { ...declared.dependencies, lib: '1.0.0', late: '1.0.0' } }));
+  const started = await cluster.server(server, a, ['--name', 'in-workspace'], {}, { cwd: app });
   const client = await cluster.connect<Counter>('in-workspace', a);
   await client.incr(4);
   const ahead = /in-workspace: its program \(.*packages\/app\) walked ahead of a move, \d+ entries; 3 packages come from outside it \(node_modules\/\S+, node_modules\/\S+, node_modules\/\S+\)/;
